@@ -1,0 +1,57 @@
+"""The standalone server's routes, composed with Klein."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from klein import Klein
+from twisted.python.failure import Failure
+from twisted.web.server import Request
+from werkzeug.exceptions import NotFound
+
+from .broker import SSEBroker
+from .paths import normalise_path
+from .resource import DEFAULT_MAX_BODY, HealthResource, PublishResource, json_response
+
+__all__ = ["make_app"]
+
+
+def make_app(
+    broker: SSEBroker,
+    *,
+    path: str = "/events",
+    publish_path: str = "/publish",
+    health_path: str = "/health",
+    publish_token: str | None = None,
+    max_body: int = DEFAULT_MAX_BODY,
+) -> Klein:
+    """
+    A Klein app serving the stream, publishing and health on their paths.
+
+    Each route hands the request to a twisted.web resource, so the same
+    resources serve embedded apps; Klein renders a returned resource as the
+    response (and never finishes a stream early, as it would a route that
+    returned C{NOT_DONE_YET}).
+    """
+    app = Klein()
+    stream = broker.resource()
+    publish = PublishResource(broker, token=publish_token, max_body=max_body)
+    health = HealthResource(broker)
+    # Named functions: Klein keys routes by their endpoint function's name.
+    @app.route(normalise_path(path), strict_slashes=False)
+    def events(request: Request) -> Any:
+        return stream
+
+    @app.route(normalise_path(publish_path, "/publish"), strict_slashes=False)
+    def publish_events(request: Request) -> Any:
+        return publish
+
+    @app.route(normalise_path(health_path, "/health"), strict_slashes=False)
+    def health_check(request: Request) -> Any:
+        return health
+
+    @app.handle_errors(NotFound)
+    def not_found(request: Request, failure: Failure) -> Any:
+        return json_response(request, 404, {"error": "not found"})
+
+    return app

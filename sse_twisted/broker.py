@@ -1,0 +1,401 @@
+"""
+L{SSEBroker}: the subscriber index, event ids, publishing, heartbeats and
+draining.
+
+The broker knows twisted.web requests but nothing of routing: the resources in
+L{sse_twisted.resource} hand it requests, and anything in the process hands it
+events. Publishing frames an event once and writes the same bytes to each
+matching subscriber; the cost is one C{write} per matching subscriber, found
+through an index from channel to subscribers (plus the set of subscribers of
+every channel), so it never walks subscribers that do not match.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import time
+from collections.abc import Iterable
+from concurrent.futures import Future
+from typing import Any
+
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web.server import NOT_DONE_YET, Request
+
+from ._reactor import default_reactor
+from .event import Event, encode_json
+from .subscriber import OVERFLOW_POLICIES, Overflow, Subscriber
+
+__all__ = ["HEARTBEAT", "SSEBroker"]
+
+#: The comment block written to every subscriber on each heartbeat.
+HEARTBEAT = b": heartbeat\n\n"
+
+_DRAIN_POLL = 0.05
+
+
+def _run_prefix() -> str:
+    """A prefix that differs between runs, so ids never repeat across restarts."""
+    stamp = time.time_ns() // 1_000_000
+    digits = "0123456789abcdefghijklmnopqrstuvwxyz"
+    out = ""
+    while stamp:
+        stamp, r = divmod(stamp, 36)
+        out = digits[r] + out
+    return out + digits[os.urandom(1)[0] % 36]
+
+
+class SSEBroker:
+    """
+    Holds open event streams and publishes events to them.
+
+    @param queue_size: events kept per paused subscriber before the overflow
+        policy applies.
+    @param overflow: C{"drop"} (drop the event for that client, count it, tell
+        the client how many it missed once it reads again) or C{"disconnect"}
+        (close the slow client's stream; EventSource reconnects).
+    @param heartbeat: seconds between heartbeat comments; C{0} turns them off.
+    @param retry: the reconnection delay (ms) sent as each stream opens.
+    @param reactor: an C{IReactorTime} (and C{IReactorThreads} for
+        L{publish_threadsafe}); the global reactor when L{None}.
+    @param id_prefix: the per-run part of generated ids; random when L{None}.
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        *,
+        queue_size: int = 64,
+        overflow: Overflow = "drop",
+        heartbeat: float = 15.0,
+        retry: int | None = 2000,
+        reactor: Any = None,
+        id_prefix: str | None = None,
+    ) -> None:
+        if queue_size < 1:
+            raise ValueError(f"queue_size must be at least 1, got {queue_size}")
+        if overflow not in OVERFLOW_POLICIES:
+            raise ValueError(f"overflow must be one of {', '.join(OVERFLOW_POLICIES)}")
+        if heartbeat < 0:
+            raise ValueError(f"heartbeat must be >= 0 seconds, got {heartbeat}")
+        if retry is not None and retry < 0:
+            raise ValueError(f"retry must be >= 0 ms, got {retry}")
+        self.queue_size = queue_size
+        self.overflow: Overflow = overflow
+        self.heartbeat_interval = heartbeat
+        self.retry = retry
+        self._reactor = reactor
+        self._prefix = _run_prefix() if id_prefix is None else id_prefix
+        self._seq = 0
+        self._subscribers: set[Subscriber] = set()
+        self._all: set[Subscriber] = set()
+        self._by_channel: dict[str, set[Subscriber]] = {}
+        self._heartbeat: LoopingCall | None = None
+        self._draining = False
+        self._drained: Deferred[None] | None = None
+        #: Counters for monitoring.
+        self.published = 0
+        self.delivered = 0
+        self.dropped = 0
+        opening = b": connected\n"
+        if retry is not None:
+            opening += b"retry: %d\n" % retry
+        self._opening = opening + b"\n"
+
+    @property
+    def reactor(self) -> Any:
+        return default_reactor(self._reactor)
+
+    @property
+    def draining(self) -> bool:
+        """Whether L{drain} has been called: no new subscribers are taken."""
+        return self._draining
+
+    # Subscribing
+
+    def subscribe(self, request: Request, channels: Iterable[str] | None = None) -> int:
+        """
+        Turn C{request} into an event stream and hold it open.
+
+        @param channels: the channels to receive; L{None} or empty for all.
+        @return: C{NOT_DONE_YET}, for a resource's C{render} to return.
+        """
+        _set_stream_headers(request)
+        if self._draining:
+            # 200 and a retry hint: any other status makes EventSource give up.
+            request.write(b": draining, reconnect later\nretry: %d\n\n" % self._jittered_retry())
+            request.finish()
+            return NOT_DONE_YET
+        wanted = frozenset(channels) if channels else None
+        sub = Subscriber(self, request, wanted, self.queue_size, self.overflow)
+        self._add(sub)
+        request.registerProducer(sub, True)
+        request.notifyFinish().addBoth(self._gone, sub)
+        request.write(self._opening)
+        self.log.debug(
+            "SSE client {peer} subscribed to {channels}",
+            peer=request.getClientAddress(),
+            channels=sorted(wanted) if wanted else "all channels",
+        )
+        return NOT_DONE_YET
+
+    def _add(self, sub: Subscriber) -> None:
+        self._subscribers.add(sub)
+        if sub.channels is None:
+            self._all.add(sub)
+        else:
+            for channel in sub.channels:
+                self._by_channel.setdefault(channel, set()).add(sub)
+        if self._heartbeat is None and self.heartbeat_interval > 0:
+            self._heartbeat = LoopingCall(self._beat)
+            self._heartbeat.clock = self.reactor
+            self._heartbeat.start(self.heartbeat_interval, now=False)
+
+    def _remove(self, sub: Subscriber) -> None:
+        if sub not in self._subscribers:
+            return
+        self._subscribers.discard(sub)
+        if sub.channels is None:
+            self._all.discard(sub)
+        else:
+            for channel in sub.channels:
+                members = self._by_channel.get(channel)
+                if members is not None:
+                    members.discard(sub)
+                    if not members:
+                        del self._by_channel[channel]
+        if not self._subscribers:
+            self._stop_heartbeat()
+
+    def _gone(self, result: None | Failure, sub: Subscriber) -> None:
+        """The request finished or its connection was lost: forget it."""
+        self._remove(sub)
+        self.log.debug("SSE client {peer} gone", peer=sub._peer())
+        # Returning None consumes a disconnect Failure: a client leaving is normal.
+
+    def client_count(self, channel: str | None = None) -> int:
+        """Open streams in all, or those that receive C{channel}."""
+        if channel is None:
+            return len(self._subscribers)
+        return len(self._all) + len(self._by_channel.get(channel, ()))
+
+    # Publishing
+
+    def next_id(self) -> str:
+        """Reserve the next id: unique and increasing within this broker."""
+        self._seq += 1
+        return f"{self._prefix}-{self._seq}"
+
+    def publish(
+        self,
+        channel: str,
+        event: str | None = None,
+        data: Any = None,
+        *,
+        text: str | None = None,
+        id: str | None = None,
+        retry: int | None = None,
+    ) -> Event:
+        """
+        Publish one event to every subscriber of C{channel}.
+
+        C{data} is JSON-encoded once (compact, UTF-8); pass C{text} instead to
+        send a str verbatim. Returns the event, its id included.
+
+        @raise TypeError: if JSON cannot encode C{data}, or a field has the
+            wrong type.
+        @raise ValueError: for a bad channel, or CR/LF/NUL in C{event}/C{id}.
+        """
+        return self.publish_event(self.prepare(channel, event, data, text=text, id=id, retry=retry))
+
+    def publish_text(
+        self,
+        channel: str,
+        event: str | None,
+        text: str,
+        *,
+        id: str | None = None,
+        retry: int | None = None,
+    ) -> Event:
+        """Publish C{text} verbatim (plain text, or HTML fragments for htmx)."""
+        return self.publish(channel, event, text=text, id=id, retry=retry)
+
+    def prepare(
+        self,
+        channel: str,
+        event: str | None = None,
+        data: Any = None,
+        *,
+        text: str | None = None,
+        id: str | None = None,
+        retry: int | None = None,
+    ) -> Event:
+        """
+        Validate and frame an event, with the next id unless C{id} is given,
+        without publishing it; L{publish_event} sends it. Lets a batch be
+        checked whole before any of it goes out.
+        """
+        if id is None:
+            # Validate before taking an id, so refused events leave no gap.
+            probe = Event.create(channel, event, data, text=text, retry=retry)
+            return probe.with_id(self.next_id())
+        return Event.create(channel, event, data, text=text, id=id, retry=retry)
+
+    def publish_event(self, event: Event) -> Event:
+        """Send an already prepared L{Event} to its channel's subscribers."""
+        self.dispatch(event)
+        return event
+
+    def dispatch(self, event: Event) -> int:
+        """
+        Write C{event}'s frame to every matching subscriber.
+
+        @return: how many subscribers it went to (written or queued).
+        """
+        self.published += 1
+        frame = event.frame
+        sent = 0
+        failed: list[Subscriber] | None = None
+        for group in (self._all, self._by_channel.get(event.channel)):
+            if not group:
+                continue
+            for sub in group:
+                if sub.send(frame):
+                    sent += 1
+                elif failed is None:
+                    failed = [sub]
+                else:
+                    failed.append(sub)
+        if failed:
+            for sub in failed:
+                self._remove(sub)
+        self.delivered += sent
+        return sent
+
+    def publish_threadsafe(
+        self,
+        channel: str,
+        event: str | None = None,
+        data: Any = None,
+        *,
+        text: str | None = None,
+        id: str | None = None,
+        retry: int | None = None,
+    ) -> Future[Event]:
+        """
+        Publish from any thread; returns a L{concurrent.futures.Future} of the
+        event.
+
+        JSON encoding and validation run in the calling thread (so bad data
+        raises there, at once, and the reactor thread only frames and writes);
+        the rest runs in the reactor thread via C{callFromThread}.
+        """
+        payload = text if text is not None else encode_json(data)
+        Event.create(channel, event, payload, json_data=False, id=id, retry=retry)
+        future: Future[Event] = Future()
+
+        def run() -> None:
+            if not future.set_running_or_notify_cancel():
+                return
+            try:
+                ev = Event.create(
+                    channel,
+                    event,
+                    payload,
+                    json_data=False,
+                    id=self.next_id() if id is None else id,
+                    retry=retry,
+                )
+                self.dispatch(ev)
+                future.set_result(ev)
+            except BaseException as e:  # hand every failure to the waiting thread
+                future.set_exception(e)
+
+        self.reactor.callFromThread(run)
+        return future
+
+    def _count_drop(self) -> None:
+        self.dropped += 1
+
+    # Heartbeats
+
+    def _beat(self) -> None:
+        for sub in list(self._subscribers):
+            sub.send_unqueued(HEARTBEAT)
+
+    def _stop_heartbeat(self) -> None:
+        if self._heartbeat is not None:
+            if self._heartbeat.running:
+                self._heartbeat.stop()
+            self._heartbeat = None
+
+    # Draining
+
+    def _jittered_retry(self) -> int:
+        """The retry hint for a closing stream: spread over [retry, 2 * retry]."""
+        base = self.retry if self.retry is not None else 2000
+        return base + random.randint(0, max(base, 1))
+
+    def drain(self, timeout: float = 5.0) -> Deferred[None]:
+        """
+        Stop taking subscribers and end every open stream cleanly.
+
+        Each stream gets what is queued for it and a jittered C{retry:} hint,
+        then the end of its response, and its connection is closed once its
+        bytes are written. Connections still open after C{timeout} seconds
+        are aborted. Returns a Deferred that fires when all are gone.
+        """
+        if self._drained is not None:
+            return self._drained
+        self._draining = True
+        self._stop_heartbeat()
+        subs = list(self._subscribers)
+        for sub in subs:
+            self._remove(sub)
+            try:
+                sub.close(b"retry: %d\n\n" % self._jittered_retry())
+            except Exception:
+                self.log.failure("Error while closing an SSE stream")
+        waiting = [s for s in subs if not s.closed()]
+        if not waiting:
+            self._drained = succeed(None)
+            return self._drained
+        self._drained = Deferred()
+        clock = self.reactor
+        deadline = clock.seconds() + timeout
+
+        def poll() -> None:
+            nonlocal waiting
+            waiting = [s for s in waiting if not s.closed()]
+            if waiting and clock.seconds() < deadline:
+                clock.callLater(_DRAIN_POLL, poll)
+                return
+            for sub in waiting:
+                self.log.warn("SSE client {peer} still open at drain deadline: aborted",
+                              peer=sub._peer())
+                sub.abort()
+            assert self._drained is not None
+            self._drained.callback(None)
+
+        clock.callLater(0, poll)
+        return self._drained
+
+    # Mounting
+
+    def resource(self) -> Any:
+        """An C{IResource} that serves this broker's stream on GET."""
+        from .resource import StreamResource
+
+        return StreamResource(self)
+
+
+def _set_stream_headers(request: Request) -> None:
+    request.setResponseCode(200)
+    headers = request.responseHeaders
+    headers.setRawHeaders(b"content-type", [b"text/event-stream; charset=utf-8"])
+    headers.setRawHeaders(b"cache-control", [b"no-cache, no-transform"])
+    headers.setRawHeaders(b"x-accel-buffering", [b"no"])

@@ -1,0 +1,190 @@
+"""
+One published event: its validation and its WHATWG event-stream framing.
+
+Nothing here knows Twisted. An L{Event} is framed exactly once, when it is
+created; the broker then writes the same C{bytes} object to every matching
+subscriber, so fan-out never re-encodes anything.
+
+Wire format (U{https://html.spec.whatwg.org/multipage/server-sent-events.html}):
+fields in the order C{id}, C{event}, C{retry}, then one C{data:} line per line
+of the payload, then a blank line. A payload's CR, LF and CRLF line breaks all
+become separate C{data:} lines, which a spec-following parser joins with LF.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = ["MAX_CHANNEL_LENGTH", "Event", "validate_channel"]
+
+#: Longest channel name accepted.
+MAX_CHANNEL_LENGTH = 200
+
+# CR, LF and NUL would let a value end its field line early and inject fields
+# into every subscriber's stream; they are refused in names and ids.
+_BREAKS = re.compile(r"[\r\n\x00]")
+# Channels are identifiers in URLs and logs: no control characters at all.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+# Payload line breaks as the parser recognises them: CRLF, lone CR, lone LF.
+_LINES = re.compile(r"\r\n|\r|\n")
+
+_encoder = json.JSONEncoder(
+    ensure_ascii=False, separators=(",", ":"), allow_nan=False, check_circular=True
+)
+
+
+def validate_channel(channel: object) -> str:
+    """
+    Return C{channel} if it is an acceptable channel name.
+
+    @raise TypeError: if it is not a C{str}.
+    @raise ValueError: if it is empty, longer than L{MAX_CHANNEL_LENGTH}
+        characters, or holds a control character.
+    """
+    if not isinstance(channel, str):
+        raise TypeError(f"channel must be a str, not {type(channel).__name__}")
+    if not 1 <= len(channel) <= MAX_CHANNEL_LENGTH:
+        raise ValueError(
+            f"channel must be 1 to {MAX_CHANNEL_LENGTH} characters long, got {len(channel)}"
+        )
+    if _CONTROL.search(channel):
+        raise ValueError(f"channel must not contain control characters: {channel!r}")
+    return channel
+
+
+def _validate_field(name: str, value: object) -> str:
+    if not isinstance(value, str):
+        raise TypeError(f"{name} must be a str, not {type(value).__name__}")
+    if _BREAKS.search(value):
+        raise ValueError(f"{name} must not contain CR, LF or NUL: {value!r}")
+    return value
+
+
+def encode_json(data: Any) -> str:
+    """
+    Encode C{data} as compact JSON, keeping non-ASCII characters as they are.
+
+    @raise TypeError: if JSON cannot encode C{data}.
+    @raise ValueError: for NaN or infinities (not JSON; C{JSON.parse} refuses
+        them) and for circular structures.
+    """
+    return _encoder.encode(data)
+
+
+def frame(
+    data: str,
+    *,
+    id: str | None = None,
+    event: str | None = None,
+    retry: int | None = None,
+) -> bytes:
+    """
+    Frame already-validated fields as one event-stream block.
+
+    A payload line breaks on CR, LF and CRLF alike, so text arrives intact
+    (joined by LF) whatever line ends its publisher used.
+    """
+    parts: list[str] = []
+    if id is not None:
+        parts.append(f"id: {id}\n")
+    if event is not None:
+        parts.append(f"event: {event}\n")
+    if retry is not None:
+        parts.append(f"retry: {retry}\n")
+    for line in _LINES.split(data):
+        parts.append(f"data: {line}\n")
+    parts.append("\n")
+    return "".join(parts).encode("utf-8")
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """
+    An immutable, validated event and its wire bytes.
+
+    Build one with L{Event.create}; C{frame} holds the exact bytes that every
+    subscriber receives.
+    """
+
+    channel: str
+    event: str | None
+    data: str
+    id: str | None
+    retry: int | None
+    frame: bytes = field(repr=False, compare=False)
+
+    @classmethod
+    def create(
+        cls,
+        channel: str,
+        event: str | None = None,
+        data: Any = None,
+        *,
+        text: str | None = None,
+        id: str | None = None,
+        retry: int | None = None,
+        json_data: bool = True,
+    ) -> Event:
+        """
+        Validate the fields, encode the payload once, and frame it.
+
+        @param data: any JSON-encodable value, encoded compactly; ignored when
+            C{text} is given.
+        @param text: a str sent verbatim instead of JSON (plain text, HTML
+            fragments for htmx).
+        @param id: the event's id; L{None} leaves the block without an id.
+        @param retry: the reconnection delay in milliseconds for EventSource.
+        @param json_data: internal; L{False} means C{data} is already the
+            encoded payload string.
+
+        @raise TypeError: for a wrongly typed field or data JSON cannot encode.
+        @raise ValueError: for a bad channel, CR/LF/NUL in C{event} or C{id},
+            or a negative C{retry}.
+        """
+        validate_channel(channel)
+        if event is not None:
+            _validate_field("event name", event)
+            if not event:
+                # "event:" with an empty value means "message" to a parser;
+                # say it by leaving the line out instead.
+                event = None
+        if id is not None:
+            _validate_field("id", id)
+        if retry is not None:
+            if not isinstance(retry, int) or isinstance(retry, bool):
+                raise TypeError(f"retry must be an int, not {type(retry).__name__}")
+            if retry < 0:
+                raise ValueError(f"retry must be a non-negative number of ms, got {retry}")
+        if text is not None:
+            if not isinstance(text, str):
+                raise TypeError(f"text must be a str, not {type(text).__name__}")
+            payload = text
+        elif json_data:
+            payload = encode_json(data)
+        else:
+            if not isinstance(data, str):
+                raise TypeError("pre-encoded data must be a str")
+            payload = data
+        return cls(
+            channel,
+            event,
+            payload,
+            id,
+            retry,
+            frame(payload, id=id, event=event, retry=retry),
+        )
+
+    def with_id(self, id: str) -> Event:
+        """Return this event carrying C{id} (framed again: ids are on the wire)."""
+        _validate_field("id", id)
+        return Event(
+            self.channel,
+            self.event,
+            self.data,
+            id,
+            self.retry,
+            frame(self.data, id=id, event=self.event, retry=self.retry),
+        )

@@ -1,0 +1,247 @@
+"""
+twisted.web resources: the stream (GET), publishing (POST) and health.
+
+Every refusal is the right 4xx/5xx with a JSON body C{{"error": "..."}}, and
+nothing is published unless the whole request is valid.
+"""
+
+from __future__ import annotations
+
+import hmac
+import ipaddress
+import json
+from typing import Any
+
+from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
+from twisted.web.resource import Resource
+from twisted.web.server import Request
+
+from .broker import SSEBroker
+from .event import Event, validate_channel
+
+__all__ = [
+    "DEFAULT_MAX_BODY",
+    "HealthResource",
+    "PublishResource",
+    "StreamResource",
+    "json_response",
+]
+
+#: Largest publish body accepted by default (1 MiB).
+DEFAULT_MAX_BODY = 1 << 20
+
+_ITEM_FIELDS = frozenset({"channel", "event", "data", "text", "id", "retry"})
+
+
+class HTTPError(Exception):
+    """A refusal: its status, message and extra headers."""
+
+    def __init__(self, status: int, message: str, headers: dict[bytes, bytes] | None = None):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.headers = headers or {}
+
+
+def json_response(request: Request, status: int, body: Any) -> bytes:
+    """Set C{status} and JSON headers on C{request}; return the encoded body."""
+    request.setResponseCode(status)
+    request.responseHeaders.setRawHeaders(b"content-type", [b"application/json"])
+    request.responseHeaders.setRawHeaders(b"cache-control", [b"no-store"])
+    return json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+
+
+def _error(request: Request, error: HTTPError) -> bytes:
+    for name, value in error.headers.items():
+        request.responseHeaders.setRawHeaders(name, [value])
+    return json_response(request, error.status, {"error": error.message})
+
+
+def _method_not_allowed(allow: bytes) -> HTTPError:
+    return HTTPError(405, f"method not allowed; use {allow.decode()}", {b"allow": allow})
+
+
+def _query_channels(request: Request) -> list[str]:
+    """
+    The C{channel} query parameters, validated.
+
+    Empty values are ignored: as in the original broker, C{?channel=} means
+    every channel.
+    """
+    raw = request.args.get(b"channel", []) if request.args else []
+    channels: list[str] = []
+    for value in raw:
+        if not value:
+            continue
+        try:
+            channel = value.decode("utf-8")
+        except UnicodeDecodeError:
+            raise HTTPError(400, "channel must be UTF-8") from None
+        try:
+            validate_channel(channel)
+        except ValueError as e:
+            raise HTTPError(400, str(e)) from None
+        channels.append(channel)
+    return channels
+
+
+class StreamResource(Resource):
+    """GET subscribes the request to its broker; other methods get 405."""
+
+    isLeaf = True
+
+    def __init__(self, broker: SSEBroker) -> None:
+        super().__init__()
+        self.broker = broker
+
+    def render(self, request: Request) -> bytes | int:
+        try:
+            if request.method != b"GET":
+                raise _method_not_allowed(b"GET")
+            channels = _query_channels(request)
+        except HTTPError as e:
+            return _error(request, e)
+        return self.broker.subscribe(request, channels)
+
+
+def _is_loopback(address: object) -> bool:
+    if isinstance(address, UNIXAddress):
+        return True
+    if isinstance(address, (IPv4Address, IPv6Address)):
+        try:
+            ip = ipaddress.ip_address(address.host.split("%", 1)[0])
+        except ValueError:
+            return False
+        mapped = getattr(ip, "ipv4_mapped", None)
+        return bool(ip.is_loopback or (mapped is not None and mapped.is_loopback))
+    return False
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def _parse_item(item: object, where: str) -> dict[str, Any]:
+    if not isinstance(item, dict):
+        raise HTTPError(400, f"{where}must be a JSON object")
+    unknown = set(item) - _ITEM_FIELDS
+    if unknown:
+        raise HTTPError(400, f"{where}unknown field(s): {', '.join(sorted(unknown))}")
+    if "channel" not in item:
+        raise HTTPError(400, f"{where}missing field: channel")
+    has_data, has_text = "data" in item, "text" in item
+    if has_data == has_text:
+        raise HTTPError(400, f"{where}give exactly one of 'data' (any JSON) or 'text' (a string)")
+    for name in ("channel", "text", "id"):
+        if name in item and not isinstance(item[name], str):
+            raise HTTPError(400, f"{where}{name} must be a string")
+    if item.get("event") is not None and not isinstance(item["event"], str):
+        raise HTTPError(400, f"{where}event must be a string")
+    retry = item.get("retry")
+    if retry is not None and (not isinstance(retry, int) or isinstance(retry, bool) or retry < 0):
+        raise HTTPError(400, f"{where}retry must be a non-negative integer (ms)")
+    return item
+
+
+class PublishResource(Resource):
+    """
+    POST publishes one event (a JSON object) or a batch (a JSON list).
+
+    @param token: when set, every request needs C{Authorization: Bearer
+        <token>}; when L{None}, only loopback peers may publish.
+    @param max_body: largest body accepted, in bytes.
+    """
+
+    isLeaf = True
+
+    def __init__(
+        self, broker: SSEBroker, token: str | None = None, max_body: int = DEFAULT_MAX_BODY
+    ) -> None:
+        super().__init__()
+        self.broker = broker
+        self._token = token.encode("utf-8") if token else None
+        self.max_body = max_body
+
+    def render(self, request: Request) -> bytes:
+        try:
+            if request.method != b"POST":
+                raise _method_not_allowed(b"POST")
+            self._authorise(request)
+            if self.broker.draining:
+                raise HTTPError(503, "server is draining; publish to another node")
+            body = self._read_json(request)
+            answer = self._publish(body)
+        except HTTPError as e:
+            return _error(request, e)
+        return json_response(request, 200, answer)
+
+    def _authorise(self, request: Request) -> None:
+        if self._token is None:
+            if not _is_loopback(request.getClientAddress()):
+                raise HTTPError(403, "publishing without a token is allowed from loopback only")
+            return
+        header = request.getHeader(b"authorization") or b""
+        scheme, _, given = header.partition(b" ")
+        if scheme.lower() != b"bearer" or not hmac.compare_digest(given.strip(), self._token):
+            raise HTTPError(
+                401, "missing or wrong bearer token", {b"www-authenticate": b'Bearer realm="sse"'}
+            )
+
+    def _read_json(self, request: Request) -> Any:
+        ctype = (request.getHeader(b"content-type") or b"").split(b";", 1)[0].strip().lower()
+        if ctype != b"application/json" and not ctype.endswith(b"+json"):
+            raise HTTPError(415, "Content-Type must be application/json")
+        length = request.getHeader(b"content-length")
+        if length is not None and length.strip().isdigit() and int(length) > self.max_body:
+            raise HTTPError(413, f"body larger than {self.max_body} bytes")
+        content = request.content
+        raw = content.read(self.max_body + 1) if content is not None else b""
+        if len(raw) > self.max_body:
+            raise HTTPError(413, f"body larger than {self.max_body} bytes")
+        try:
+            return json.loads(raw, parse_constant=_reject_constant)
+        except (ValueError, RecursionError) as e:
+            # ValueError covers bad JSON, bad UTF-8 and over-long integers.
+            raise HTTPError(400, f"body is not valid JSON: {str(e)[:200]}") from None
+
+    def _publish(self, body: Any) -> Any:
+        batch = isinstance(body, list)
+        items = body if batch else [body]
+        events: list[Event] = []
+        for n, item in enumerate(items):
+            where = f"item {n}: " if batch else ""
+            fields = _parse_item(item, where)
+            try:
+                events.append(
+                    self.broker.prepare(
+                        fields["channel"],
+                        fields.get("event"),
+                        fields.get("data"),
+                        text=fields.get("text"),
+                        id=fields.get("id"),
+                        retry=fields.get("retry"),
+                    )
+                )
+            except (TypeError, ValueError) as e:
+                raise HTTPError(400, f"{where}{e}") from None
+        answers = [{"id": ev.id, "clients": self.broker.dispatch(ev)} for ev in events]
+        return answers if batch else answers[0]
+
+
+class HealthResource(Resource):
+    """GET answers 200 while serving, 503 while draining (for load balancers)."""
+
+    isLeaf = True
+
+    def __init__(self, broker: SSEBroker) -> None:
+        super().__init__()
+        self.broker = broker
+
+    def render(self, request: Request) -> bytes:
+        if request.method not in (b"GET", b"HEAD"):
+            return _error(request, _method_not_allowed(b"GET, HEAD"))
+        if self.broker.draining:
+            return json_response(request, 503, {"status": "draining", "clients": 0})
+        return json_response(
+            request, 200, {"status": "ok", "clients": self.broker.client_count()}
+        )

@@ -1,0 +1,235 @@
+"""
+One open event stream: its request, channel filter, bounded queue and
+producer methods.
+
+The subscriber registers itself as a streaming producer on its request, so
+Twisted's own flow control tells it when the client stops reading
+(L{pauseProducing}) and when it can take more (L{resumeProducing}). While
+writing freely an event costs one C{write} call; only while paused do events
+go to the bounded queue, where the overflow policy decides what a full queue
+means.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import TYPE_CHECKING, Any, Literal
+
+from twisted.internet.interfaces import IPushProducer
+from twisted.logger import Logger
+from twisted.web.server import Request
+from zope.interface import implementer
+
+from .event import frame as _frame
+
+if TYPE_CHECKING:
+    from .broker import SSEBroker
+
+__all__ = ["OVERFLOW_POLICIES", "Overflow", "Subscriber", "dropped_notice"]
+
+Overflow = Literal["drop", "disconnect"]
+OVERFLOW_POLICIES: tuple[Overflow, ...] = ("drop", "disconnect")
+
+#: Name of the event that tells a client how many events it missed.
+DROPPED_EVENT = "sse.dropped"
+
+
+def dropped_notice(count: int) -> bytes:
+    """
+    The block that tells a client it missed C{count} events.
+
+    A named event (not a comment) so that EventSource code can listen for it;
+    it carries no id, so the client's last event id is left as it was.
+    """
+    return _frame(f'{{"dropped":{count}}}', event=DROPPED_EVENT)
+
+
+def _transport_closed(transport: Any) -> bool:
+    """Whether a TCP-like transport has really gone (its buffer flushed or lost)."""
+    return bool(getattr(transport, "disconnected", False)) or not getattr(
+        transport, "connected", True
+    )
+
+
+@implementer(IPushProducer)
+class Subscriber:
+    """
+    An open stream held by an L{SSEBroker}.
+
+    Invariant: while not paused, the queue is empty, so L{send} is one
+    C{request.write}.
+    """
+
+    log = Logger()
+
+    __slots__ = (
+        "_broker",
+        "_channel",
+        "_closing",
+        "_paused",
+        "_queue",
+        "_write",
+        "channels",
+        "dropped",
+        "overflow",
+        "queue_size",
+        "request",
+        "transport",
+    )
+
+    def __init__(
+        self,
+        broker: SSEBroker,
+        request: Request,
+        channels: frozenset[str] | None,
+        queue_size: int,
+        overflow: Overflow,
+    ) -> None:
+        self._broker = broker
+        self.request = request
+        #: The channels this subscriber receives, or L{None} for all of them.
+        self.channels = channels
+        self.queue_size = queue_size
+        self.overflow = overflow
+        #: Events dropped since the client was last told about drops.
+        self.dropped = 0
+        self._paused = False
+        self._closing = False
+        self._queue: deque[bytes] = deque()
+        self._write = request.write
+        # Kept because the request forgets its channel once it finishes.
+        self._channel = request.channel
+        self.transport = getattr(self._channel, "transport", None)
+
+    def __repr__(self) -> str:
+        return f"<Subscriber channels={sorted(self.channels or ())!r} paused={self._paused}>"
+
+    @property
+    def paused(self) -> bool:
+        """Whether the client has stopped reading (the transport is full)."""
+        return self._paused
+
+    @property
+    def queued(self) -> int:
+        """How many events wait in the queue."""
+        return len(self._queue)
+
+    def send(self, data: bytes) -> bool:
+        """
+        Write or queue one framed event.
+
+        @return: L{False} if the subscriber must be removed (its queue
+            overflowed under the C{disconnect} policy), else L{True}.
+        """
+        if not self._paused:
+            self._write(data)
+            return True
+        if len(self._queue) < self.queue_size:
+            self._queue.append(data)
+            return True
+        return self._overflowed()
+
+    def send_unqueued(self, data: bytes) -> None:
+        """Write C{data} only if the client is reading (heartbeats: never queued)."""
+        if not self._paused:
+            self._write(data)
+
+    def _overflowed(self) -> bool:
+        self._broker._count_drop()
+        if self.overflow == "disconnect":
+            self.log.warn(
+                "Slow SSE client {peer} disconnected: its queue of {size} events is full",
+                peer=self._peer(),
+                size=self.queue_size,
+            )
+            self.abort()
+            return False
+        if self.dropped == 0:
+            self.log.warn(
+                "Slow SSE client {peer}: queue of {size} events full, dropping events",
+                peer=self._peer(),
+                size=self.queue_size,
+            )
+        self.dropped += 1
+        return True
+
+    def _peer(self) -> str:
+        try:
+            return str(self.request.getClientAddress())
+        except Exception:  # the request may have lost its channel already
+            return "?"
+
+    # IPushProducer
+
+    def pauseProducing(self) -> None:
+        """The transport's buffer is full: queue from now on."""
+        self._paused = True
+
+    def resumeProducing(self) -> None:
+        """The transport drained: flush the queue in order, then any drop notice."""
+        self._paused = False
+        self._flush()
+
+    def stopProducing(self) -> None:
+        """The connection is going away; L{notifyFinish} does the clean-up."""
+        self._paused = True
+
+    def _flush(self) -> None:
+        queue = self._queue
+        write = self._write
+        while queue and not self._paused:
+            write(queue.popleft())
+        if self.dropped and not self._paused:
+            count, self.dropped = self.dropped, 0
+            write(dropped_notice(count))
+
+    # Ending the stream
+
+    def close(self, last: bytes = b"") -> None:
+        """
+        End the stream cleanly: everything queued, then C{last}, then the end
+        of the response, then close the connection once it is written.
+
+        Writing the queue even while paused keeps memory bounded (at most the
+        queue); the broker aborts what has not gone by its drain deadline.
+        """
+        if self._closing:
+            return
+        self._closing = True
+        request = self.request
+        # Request has no public "is the connection gone?"; finish() would raise.
+        if getattr(request, "_disconnected", False):
+            return
+        self._paused = False
+        queue = self._queue
+        while queue:
+            self._write(queue.popleft())
+        if self.dropped:
+            self._write(dropped_notice(self.dropped))
+            self.dropped = 0
+        if last:
+            self._write(last)
+        request.unregisterProducer()
+        request.finish()
+        lose = getattr(self._channel, "loseConnection", None)
+        if lose is not None:
+            lose()
+
+    def closed(self) -> bool:
+        """Whether the connection is gone (so draining can stop waiting for it)."""
+        if self.transport is None:
+            return True
+        return _transport_closed(self.transport)
+
+    def abort(self) -> None:
+        """Drop the connection now, without flushing: for slow or stuck clients."""
+        self._closing = True
+        self._queue.clear()
+        transport = self.transport
+        if transport is None:
+            return
+        abort = getattr(transport, "abortConnection", None)
+        if abort is not None:
+            abort()
+        else:
+            transport.loseConnection()

@@ -1,0 +1,136 @@
+"""C{twistd sse}: its options and C{makeService}."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from twisted.application.service import IService
+from twisted.python import usage
+from twisted.web.server import Site
+
+from .app import make_app
+from .broker import SSEBroker
+from .paths import normalise_path
+from .resource import DEFAULT_MAX_BODY
+from .service import SSEService
+from .subscriber import OVERFLOW_POLICIES
+
+__all__ = ["Options", "makeService"]
+
+
+def _port(value: str) -> str:
+    """An int means TCP on all interfaces; anything else is an endpoint string."""
+    value = value.strip()
+    if value.isdigit():
+        return f"tcp:{value}"
+    return value
+
+
+def _positive_int(name: str) -> Any:
+    def coerce(value: str) -> int:
+        try:
+            n = int(value)
+        except ValueError:
+            raise usage.UsageError(f"--{name} must be an integer, got {value!r}") from None
+        if n < 0:
+            raise usage.UsageError(f"--{name} must not be negative, got {n}")
+        return n
+
+    coerce.coerceDoc = "A non-negative integer."  # type: ignore[attr-defined]
+    return coerce
+
+
+def _seconds(name: str) -> Any:
+    def coerce(value: str) -> float:
+        try:
+            n = float(value)
+        except ValueError:
+            raise usage.UsageError(f"--{name} must be a number of seconds, got {value!r}") from None
+        if not n >= 0:  # also refuses NaN
+            raise usage.UsageError(f"--{name} must not be negative, got {value}")
+        return n
+
+    coerce.coerceDoc = "Seconds (a non-negative number)."  # type: ignore[attr-defined]
+    return coerce
+
+
+class Options(usage.Options):
+    """Options of C{twistd sse}."""
+
+    synopsis = "[options]"
+    longdesc = (
+        "A Server-Sent Events broker: subscribers GET the stream path, "
+        "publishers POST JSON to the publish path."
+    )
+
+    optParameters = [
+        ["port", "p", "tcp:8080", "Port number or Twisted endpoint description "
+         "(tcp:8080:interface=127.0.0.1, ssl:8443:privateKey=key.pem, unix:/run/sse.sock, ...).",
+         _port],
+        ["path", None, "/events", "URL path of the event stream."],
+        ["publish-path", None, "/publish", "URL path for publishing (POST)."],
+        ["health-path", None, "/health", "URL path of the health check."],
+        ["publish-token", None, None,
+         "Bearer token required to publish (default: $SSE_PUBLISH_TOKEN; "
+         "without one, only loopback peers may publish)."],
+        ["max-body", None, DEFAULT_MAX_BODY, "Largest publish body in bytes.",
+         _positive_int("max-body")],
+        ["queue-size", None, 64, "Events queued per paused subscriber.",
+         _positive_int("queue-size")],
+        ["overflow", None, "drop",
+         "What a full queue does: drop (the event, counted and reported) or disconnect."],
+        ["heartbeat", None, 15.0, "Seconds between heartbeat comments; 0 turns them off.",
+         _seconds("heartbeat")],
+        ["retry", None, 2000, "Reconnection delay (ms) sent to clients as a stream opens.",
+         _positive_int("retry")],
+        ["drain-timeout", None, 5.0,
+         "Seconds that stopping waits for streams to end before aborting them.",
+         _seconds("drain-timeout")],
+    ]
+
+    def postOptions(self) -> None:
+        if self["overflow"] not in OVERFLOW_POLICIES:
+            raise usage.UsageError(
+                f"--overflow must be one of {', '.join(OVERFLOW_POLICIES)}, "
+                f"got {self['overflow']!r}"
+            )
+        if self["queue-size"] < 1:
+            raise usage.UsageError("--queue-size must be at least 1")
+        if self["publish-token"] is None:
+            self["publish-token"] = os.environ.get("SSE_PUBLISH_TOKEN") or None
+        paths = {
+            normalise_path(self["path"]),
+            normalise_path(self["publish-path"], "/publish"),
+            normalise_path(self["health-path"], "/health"),
+        }
+        if len(paths) != 3:
+            raise usage.UsageError("--path, --publish-path and --health-path must differ")
+
+
+def makeService(options: Options) -> IService:
+    """Build the broker, its Klein app and the service that serves and drains it."""
+    broker = SSEBroker(
+        queue_size=options["queue-size"],
+        overflow=options["overflow"],
+        heartbeat=options["heartbeat"],
+        retry=options["retry"],
+    )
+    app = make_app(
+        broker,
+        path=options["path"],
+        publish_path=options["publish-path"],
+        health_path=options["health-path"],
+        publish_token=options["publish-token"],
+        max_body=options["max-body"],
+    )
+    site = Site(app.resource())
+    site.displayTracebacks = False
+    banner = (
+        f"; stream at {normalise_path(options['path'])}, publish at "
+        f"{normalise_path(options['publish-path'], '/publish')}"
+        f" ({'token required' if options['publish-token'] else 'loopback only'})"
+    )
+    return SSEService(
+        options["port"], site, broker, drain_timeout=options["drain-timeout"], banner=banner
+    )
