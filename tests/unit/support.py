@@ -1,0 +1,118 @@
+"""Helpers for deterministic tests: a real Site/HTTPChannel on a StringTransport."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from twisted.internet.address import IPv4Address
+from twisted.internet.error import ConnectionDone
+from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
+from twisted.python.failure import Failure
+from twisted.web.resource import IResource
+from twisted.web.server import Site
+
+from sse_twisted.parser import EventStreamParser, MessageEvent
+
+
+def make_site(resource: IResource, clock: Clock) -> Site:
+    """A Site on C{clock} with no idle timeout, so only our timers are pending."""
+    return Site(resource, reactor=clock, timeout=None)
+
+
+def dechunk(body: bytes) -> tuple[bytes, bool]:
+    """Decode the complete chunks of a chunked body; also say if it ended."""
+    out = b""
+    while body:
+        line, sep, rest = body.partition(b"\r\n")
+        if not sep:
+            break
+        size = int(line, 16)
+        if size == 0:
+            return out, True
+        if len(rest) < size + 2:
+            break
+        out += rest[:size]
+        body = rest[size + 2 :]
+    return out, False
+
+
+class Conn:
+    """One client connection to C{site}: send a request, read what came back."""
+
+    def __init__(
+        self,
+        site: Site,
+        path: bytes = b"/events",
+        *,
+        method: bytes = b"GET",
+        headers: dict[bytes, bytes] | None = None,
+        body: bytes = b"",
+        peer: str = "127.0.0.1",
+    ) -> None:
+        self.transport = StringTransport(peerAddress=IPv4Address("TCP", peer, 40000))
+        self.channel = site.buildProtocol(None)
+        self.channel.makeConnection(self.transport)
+        lines = [method + b" " + path + b" HTTP/1.1", b"Host: test"]
+        for name, value in (headers or {}).items():
+            lines.append(name + b": " + value)
+        if body or method == b"POST":
+            lines.append(b"Content-Length: %d" % len(body))
+        self.channel.dataReceived(b"\r\n".join(lines) + b"\r\n\r\n" + body)
+
+    _raw_mark = 0
+    _stream_mark = 0
+
+    def raw(self) -> bytes:
+        """Bytes received since the last L{clear}."""
+        return self.transport.value()[self._raw_mark :]
+
+    def head_and_body(self) -> tuple[bytes, bytes]:
+        head, _, body = self.transport.value().partition(b"\r\n\r\n")
+        return head, body
+
+    @property
+    def status(self) -> int:
+        return int(self.transport.value().split(b" ", 2)[1])
+
+    def header(self, name: bytes) -> bytes | None:
+        head, _ = self.head_and_body()
+        for line in head.split(b"\r\n")[1:]:
+            key, _, value = line.partition(b":")
+            if key.strip().lower() == name.lower():
+                return value.strip()
+        return None
+
+    def stream(self) -> bytes:
+        """The event-stream bytes received since the last L{clear} (chunking removed)."""
+        return dechunk(self.head_and_body()[1])[0][self._stream_mark :]
+
+    def ended(self) -> bool:
+        return dechunk(self.head_and_body()[1])[1]
+
+    def events(self) -> list[MessageEvent]:
+        return EventStreamParser().feed(self.stream())
+
+    def json(self) -> Any:
+        head, body = self.head_and_body()
+        if self.header(b"transfer-encoding") == b"chunked":
+            body = dechunk(body)[0]
+        return json.loads(body)
+
+    def clear(self) -> None:
+        """Forget what was received so far (the headers stay readable)."""
+        self._stream_mark = 0
+        self._stream_mark = len(self.stream())
+        self._raw_mark = len(self.transport.value())
+
+    def pause(self) -> None:
+        """The client stops reading: the transport pauses its producer."""
+        self.transport.producer.pauseProducing()
+
+    def resume(self) -> None:
+        self.transport.producer.resumeProducing()
+
+    def drop(self) -> None:
+        """The client goes away."""
+        self.channel.connectionLost(Failure(ConnectionDone()))
