@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 import random
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import Future
 from typing import Any
 
@@ -236,14 +236,52 @@ class SSEBroker:
     ) -> Event:
         """
         Validate and frame an event, with the next id unless C{id} is given,
-        without publishing it; L{publish_event} sends it. Lets a batch be
-        checked whole before any of it goes out.
+        without publishing it; L{publish_event} sends it.
+
+        An event that fails validation takes no id, so refusals leave no gap.
         """
-        if id is None:
-            # Validate before taking an id, so refused events leave no gap.
-            probe = Event.create(channel, event, data, text=text, retry=retry)
-            return probe.with_id(self.next_id())
-        return Event.create(channel, event, data, text=text, id=id, retry=retry)
+        given = id is not None
+        ev = Event.create(
+            channel,
+            event,
+            data,
+            text=text,
+            id=id if given else f"{self._prefix}-{self._seq + 1}",
+            retry=retry,
+        )
+        if not given:
+            self._seq += 1
+        return ev
+
+    def prepare_many(self, items: Sequence[Mapping[str, Any]]) -> list[Event]:
+        """
+        L{prepare} each mapping (keys as L{publish}'s arguments), all or none.
+
+        Lets a batch be checked whole before any of it goes out. An error
+        carries the failing item's index as its C{sse_item} attribute.
+        """
+        events: list[Event] = []
+        taken = 0
+        for index, item in enumerate(items):
+            given = item.get("id")
+            if given is None:
+                taken += 1
+            try:
+                events.append(
+                    Event.create(
+                        item["channel"],
+                        item.get("event"),
+                        item.get("data"),
+                        text=item.get("text"),
+                        id=given if given is not None else f"{self._prefix}-{self._seq + taken}",
+                        retry=item.get("retry"),
+                    )
+                )
+            except (TypeError, ValueError) as e:
+                e.sse_item = index  # type: ignore[attr-defined]  # read by the resource
+                raise
+        self._seq += taken
+        return events
 
     def publish_event(self, event: Event) -> Event:
         """Send an already prepared L{Event} to its channel's subscribers."""

@@ -40,6 +40,9 @@ from twisted.internet.protocol import Protocol as _TwistedProtocol
 from twisted.internet.protocol import connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from twisted.web.client import ResponseFailed
+from twisted.web.error import RedirectWithNoLocation
+from twisted.web.http_headers import Headers
 from twisted.web.iweb import IResponse
 
 from sse_twisted._reactor import default_reactor
@@ -72,7 +75,7 @@ class HTTPGetter(Protocol):
     C{treq.testing.StubTreq} both provide it.
     """
 
-    def get(self, url: str, **kwargs: Any) -> Deferred[Any]:
+    def get(self, url: str, /, *, headers: Headers, unbuffered: bool = ...) -> Deferred[Any]:
         """Issue a GET; fire with an L{IResponse}."""
 
 
@@ -113,6 +116,27 @@ class _Discard(_TwistedProtocol):
 
     def connectionMade(self) -> None:
         self.transport.stopProducing()  # type: ignore[union-attr]  # always set here
+
+
+def _deliver_body(response: IResponse, protocol: _TwistedProtocol) -> None:
+    # IResponse.deliverBody has no annotations in Twisted.
+    response.deliverBody(protocol)  # type: ignore[no-untyped-call]
+
+
+def _redirect_without_location(reason: Failure) -> IResponse | None:
+    """The response of a redirect that had no Location, if that is what failed."""
+    error = reason.value
+    if not isinstance(error, ResponseFailed):
+        return None
+    if any(isinstance(f.value, RedirectWithNoLocation) for f in error.reasons):
+        response: IResponse | None = error.response
+        return response
+    return None
+
+
+def _failure(exception: BaseException) -> Failure:
+    # Failure.__init__ has no annotations in Twisted.
+    return Failure(exception)  # type: ignore[no-untyped-call]
 
 
 class EventSource:
@@ -298,21 +322,23 @@ class EventSource:
             from treq.client import HTTPClient
             from twisted.web.client import Agent
 
-            self._http_client = HTTPClient(Agent(self._reactor()))  # type: ignore[arg-type]
+            # Agent's __init__ has no annotations in Twisted.
+            agent = Agent(self._reactor())  # type: ignore[no-untyped-call]
+            client: HTTPGetter = HTTPClient(agent)
+            self._http_client = client
         return self._http_client
 
     def _connect(self) -> None:
         self._delayed = None
         self.ready_state = CONNECTING
         self._parser.reset()
-        headers = dict(self._headers)
+        headers = Headers({name: [value] for name, value in self._headers.items()})
         if self._parser.last_event_id:
-            headers["Last-Event-ID"] = self._parser.last_event_id
+            headers.setRawHeaders("Last-Event-ID", [self._parser.last_event_id])
         try:
             d = self._client().get(self.url, headers=headers, unbuffered=True)
         except Exception:
-            self._attempt_failed(Failure())
-            return
+            d = fail()
         self._request = d
         d.addCallbacks(self._got_response, self._request_failed)
         d.addErrback(lambda f: self.log.failure("Unexpected error in EventSource", f))
@@ -321,6 +347,12 @@ class EventSource:
         self._request = None
         if self.ready_state == CLOSED:
             # Most likely our own cancellation from close(); nothing to report.
+            return
+        response = _redirect_without_location(reason)
+        if response is not None:
+            # Fetch hands such a response back as it is: a status that is not
+            # 200, so the connection fails rather than being retried.
+            self._got_response(response)
             return
         self._attempt_failed(reason)
 
@@ -331,17 +363,17 @@ class EventSource:
     def _got_response(self, response: IResponse) -> None:
         self._request = None
         if self.ready_state == CLOSED:
-            response.deliverBody(_Discard())
+            _deliver_body(response, _Discard())
             return
         code = response.code
         types = response.headers.getRawHeaders("content-type")
         content_type = types[0] if types else None
         if code == 204:
-            response.deliverBody(_Discard())
+            _deliver_body(response, _Discard())
             self._set_closed()
             return
         if code != 200:
-            response.deliverBody(_Discard())
+            _deliver_body(response, _Discard())
             self._fail(
                 EventSourceError(
                     f"{self.url} answered HTTP {code}; only 200 opens a stream",
@@ -352,7 +384,7 @@ class EventSource:
             return
         essence = (content_type or "").split(";", 1)[0].strip().lower()
         if essence != "text/event-stream":
-            response.deliverBody(_Discard())
+            _deliver_body(response, _Discard())
             self._fail(
                 EventSourceError(
                     f"{self.url} answered with Content-Type {content_type!r}, "
@@ -366,10 +398,10 @@ class EventSource:
         self._failures = 0
         self._call(self._on_open)
         if self.ready_state == CLOSED:
-            response.deliverBody(_Discard())
+            _deliver_body(response, _Discard())
             return
         self._body = _StreamBody(self)
-        response.deliverBody(self._body)
+        _deliver_body(response, self._body)
 
     def _body_data(self, data: bytes) -> None:
         if self.ready_state == CLOSED:
@@ -437,7 +469,7 @@ class EventSource:
                 waiter.errback(StopAsyncIteration())
 
     def _fail(self, exception: Exception) -> None:
-        self.failure = Failure(exception)
+        self.failure = _failure(exception)
         self._set_closed()
         self._call(self._on_error, self.failure)
         self._fire_closed()

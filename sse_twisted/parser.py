@@ -192,13 +192,12 @@ class EventStreamParser:
         elif name == "id":
             if "\x00" not in value:
                 self._id_buffer = value
-        elif name == "retry":
-            # Only ASCII digits: str.isdigit alone also accepts other scripts'
-            # digits and superscripts.
-            if value.isascii() and value.isdigit():
-                self.retry = int(value)
-                if self._on_retry is not None:
-                    self._on_retry(self.retry)
+        # Only ASCII digits: str.isdigit alone also accepts other scripts'
+        # digits and superscripts. An empty value is ignored too.
+        elif name == "retry" and value.isascii() and value.isdigit():
+            self.retry = int(value)
+            if self._on_retry is not None:
+                self._on_retry(self.retry)
         # Any other field name is ignored.
 
     def _dispatch(self, events: list[MessageEvent]) -> None:

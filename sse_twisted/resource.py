@@ -17,7 +17,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import Request
 
 from .broker import SSEBroker
-from .event import Event, validate_channel
+from .event import validate_channel
 
 __all__ = [
     "DEFAULT_MAX_BODY",
@@ -121,7 +121,7 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 
 
-def _parse_item(item: object, where: str) -> dict[str, Any]:
+def _parse_item(item: object, where: str) -> None:
     if not isinstance(item, dict):
         raise HTTPError(400, f"{where}must be a JSON object")
     unknown = set(item) - _ITEM_FIELDS
@@ -140,7 +140,6 @@ def _parse_item(item: object, where: str) -> dict[str, Any]:
     retry = item.get("retry")
     if retry is not None and (not isinstance(retry, int) or isinstance(retry, bool) or retry < 0):
         raise HTTPError(400, f"{where}retry must be a non-negative integer (ms)")
-    return item
 
 
 class PublishResource(Resource):
@@ -207,23 +206,13 @@ class PublishResource(Resource):
     def _publish(self, body: Any) -> Any:
         batch = isinstance(body, list)
         items = body if batch else [body]
-        events: list[Event] = []
         for n, item in enumerate(items):
-            where = f"item {n}: " if batch else ""
-            fields = _parse_item(item, where)
-            try:
-                events.append(
-                    self.broker.prepare(
-                        fields["channel"],
-                        fields.get("event"),
-                        fields.get("data"),
-                        text=fields.get("text"),
-                        id=fields.get("id"),
-                        retry=fields.get("retry"),
-                    )
-                )
-            except (TypeError, ValueError) as e:
-                raise HTTPError(400, f"{where}{e}") from None
+            _parse_item(item, f"item {n}: " if batch else "")
+        try:
+            events = self.broker.prepare_many(items)
+        except (TypeError, ValueError) as e:
+            where = f"item {getattr(e, 'sse_item', '?')}: " if batch else ""
+            raise HTTPError(400, f"{where}{e}") from None
         answers = [{"id": ev.id, "clients": self.broker.dispatch(ev)} for ev in events]
         return answers if batch else answers[0]
 
