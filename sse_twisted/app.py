@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from importlib.resources import files
+
 from klein import Klein
 from twisted.python.failure import Failure
 from twisted.web.server import Request
@@ -11,9 +13,18 @@ from werkzeug.exceptions import NotFound
 
 from .broker import SSEBroker
 from .paths import normalise_path
-from .resource import DEFAULT_MAX_BODY, HealthResource, PublishResource, json_response
+from .resource import (
+    DEFAULT_MAX_BODY,
+    HealthResource,
+    PageResource,
+    PublishResource,
+    json_response,
+)
 
-__all__ = ["make_app"]
+__all__ = ["DEMO_PAGE", "make_app"]
+
+#: The demo page: static, no build step, no CDN.
+DEMO_PAGE = files("sse_twisted") / "static" / "demo.html"
 
 
 def make_app(
@@ -24,6 +35,7 @@ def make_app(
     health_path: str = "/health",
     publish_token: str | None = None,
     max_body: int = DEFAULT_MAX_BODY,
+    demo: bool = True,
 ) -> Klein:
     """
     A Klein app serving the stream, publishing and health on their paths.
@@ -49,6 +61,13 @@ def make_app(
     @app.route(normalise_path(health_path, "/health"), strict_slashes=False)
     def health_check(request: Request) -> Any:
         return health
+
+    if demo:
+        page = PageResource(DEMO_PAGE.read_bytes(), b"text/html; charset=utf-8")
+
+        @app.route("/", strict_slashes=False)
+        def demo_page(request: Request) -> Any:
+            return page
 
     @app.handle_errors(NotFound)
     def not_found(request: Request, failure: Failure) -> Any:

@@ -27,6 +27,7 @@ from twisted.web.server import NOT_DONE_YET, Request
 
 from ._reactor import default_reactor
 from .event import Event, encode_json
+from .history import IHistory, MemoryHistory
 from .subscriber import OVERFLOW_POLICIES, Overflow, Subscriber
 
 __all__ = ["HEARTBEAT", "SSEBroker"]
@@ -62,6 +63,10 @@ class SSEBroker:
     @param reactor: an C{IReactorTime} (and C{IReactorThreads} for
         L{publish_threadsafe}); the global reactor when L{None}.
     @param id_prefix: the per-run part of generated ids; random when L{None}.
+    @param history: how many recent events to keep for resuming subscribers
+        (C{0} or L{None}: none), or an L{IHistory} to keep them in.
+    @param history_ttl: seconds after which the in-memory history forgets an
+        event (C{0}: never).
     """
 
     log = Logger()
@@ -75,6 +80,8 @@ class SSEBroker:
         retry: int | None = 2000,
         reactor: Any = None,
         id_prefix: str | None = None,
+        history: int | IHistory | None = 1000,
+        history_ttl: float = 0,
     ) -> None:
         if queue_size < 1:
             raise ValueError(f"queue_size must be at least 1, got {queue_size}")
@@ -84,6 +91,11 @@ class SSEBroker:
             raise ValueError(f"heartbeat must be >= 0 seconds, got {heartbeat}")
         if retry is not None and retry < 0:
             raise ValueError(f"retry must be >= 0 ms, got {retry}")
+        if isinstance(history, int):
+            history = MemoryHistory(history, history_ttl, reactor) if history > 0 else None
+        if overflow == "catchup" and history is None:
+            raise ValueError("overflow='catchup' needs a history to catch up from")
+        self.history: IHistory | None = history
         self.queue_size = queue_size
         self.overflow: Overflow = overflow
         self.heartbeat_interval = heartbeat
@@ -101,6 +113,8 @@ class SSEBroker:
         self.published = 0
         self.delivered = 0
         self.dropped = 0
+        self.replayed = 0
+        self.resets = 0
         opening = b": connected\n"
         if retry is not None:
             opening += b"retry: %d\n" % retry
@@ -117,11 +131,20 @@ class SSEBroker:
 
     # Subscribing
 
-    def subscribe(self, request: Request, channels: Iterable[str] | None = None) -> int:
+    def subscribe(
+        self,
+        request: Request,
+        channels: Iterable[str] | None = None,
+        last_event_id: str | None = None,
+    ) -> int:
         """
         Turn C{request} into an event stream and hold it open.
 
         @param channels: the channels to receive; L{None} or empty for all.
+        @param last_event_id: resume after this id: the events after it (on
+            these channels) are replayed from the history, then the live
+            stream follows. An id the history does not hold gets the
+            C{sse.reset} event instead, then the live stream.
         @return: C{NOT_DONE_YET}, for a resource's C{render} to return.
         """
         _set_stream_headers(request)
@@ -131,11 +154,13 @@ class SSEBroker:
             request.finish()
             return NOT_DONE_YET
         wanted = frozenset(channels) if channels else None
-        sub = Subscriber(self, request, wanted, self.queue_size, self.overflow)
+        sub = Subscriber(self, request, wanted, self.queue_size, self.overflow, self.history)
         self._add(sub)
         request.registerProducer(sub, True)
         request.notifyFinish().addBoth(self._gone, sub)
         request.write(self._opening)
+        if last_event_id:
+            sub.resume_from(last_event_id)
         self.log.debug(
             "SSE client {peer} subscribed to {channels}",
             peer=request.getClientAddress(),
@@ -295,14 +320,15 @@ class SSEBroker:
         @return: how many subscribers it went to (written or queued).
         """
         self.published += 1
-        frame = event.frame
+        if self.history is not None and event.id is not None:
+            self.history.append(event)
         sent = 0
         failed: list[Subscriber] | None = None
         for group in (self._all, self._by_channel.get(event.channel)):
             if not group:
                 continue
             for sub in group:
-                if sub.send(frame):
+                if sub.send(event):
                     sent += 1
                 elif failed is None:
                     failed = [sub]
@@ -358,6 +384,12 @@ class SSEBroker:
 
     def _count_drop(self) -> None:
         self.dropped += 1
+
+    def _count_replayed(self) -> None:
+        self.replayed += 1
+
+    def _count_reset(self) -> None:
+        self.resets += 1
 
     # Heartbeats
 

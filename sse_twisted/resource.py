@@ -22,6 +22,7 @@ from .event import validate_channel
 __all__ = [
     "DEFAULT_MAX_BODY",
     "HealthResource",
+    "PageResource",
     "PublishResource",
     "StreamResource",
     "json_response",
@@ -85,6 +86,27 @@ def _query_channels(request: Request) -> list[str]:
     return channels
 
 
+#: Longest Last-Event-ID accepted; ids here are far shorter.
+MAX_LAST_EVENT_ID = 1024
+
+
+def _last_event_id(request: Request) -> str | None:
+    """
+    The id to resume after: the C{Last-Event-ID} header (EventSource sends it
+    on reconnect), else C{?lastEventId=} (for a first connect, since
+    EventSource cannot set headers).
+    """
+    raw = request.getHeader(b"last-event-id")
+    if raw is None and request.args:
+        values = request.args.get(b"lastEventId")
+        raw = values[-1] if values else None
+    if not raw:
+        return None
+    if len(raw) > MAX_LAST_EVENT_ID:
+        raise HTTPError(400, f"Last-Event-ID longer than {MAX_LAST_EVENT_ID} bytes")
+    return raw.decode("utf-8", "replace")
+
+
 class StreamResource(Resource):
     """GET subscribes the request to its broker; other methods get 405."""
 
@@ -99,9 +121,10 @@ class StreamResource(Resource):
             if request.method != b"GET":
                 raise _method_not_allowed(b"GET")
             channels = _query_channels(request)
+            last_id = _last_event_id(request)
         except HTTPError as e:
             return _error(request, e)
-        return self.broker.subscribe(request, channels)
+        return self.broker.subscribe(request, channels, last_id)
 
 
 def _is_loopback(address: object) -> bool:
@@ -215,6 +238,24 @@ class PublishResource(Resource):
             raise HTTPError(400, f"{where}{e}") from None
         answers = [{"id": ev.id, "clients": self.broker.dispatch(ev)} for ev in events]
         return answers if batch else answers[0]
+
+
+class PageResource(Resource):
+    """A fixed page (the demo), answered to GET and HEAD."""
+
+    isLeaf = True
+
+    def __init__(self, body: bytes, content_type: bytes) -> None:
+        super().__init__()
+        self.body = body
+        self.content_type = content_type
+
+    def render(self, request: Request) -> bytes:
+        if request.method not in (b"GET", b"HEAD"):
+            return _error(request, _method_not_allowed(b"GET, HEAD"))
+        request.responseHeaders.setRawHeaders(b"content-type", [self.content_type])
+        request.responseHeaders.setRawHeaders(b"cache-control", [b"no-cache"])
+        return self.body
 
 
 class HealthResource(Resource):

@@ -20,18 +20,24 @@ from twisted.logger import Logger
 from twisted.web.server import Request
 from zope.interface import implementer
 
+from .event import Event, encode_json
 from .event import frame as _frame
 
 if TYPE_CHECKING:
     from .broker import SSEBroker
+    from .history import IHistory
 
 __all__ = ["OVERFLOW_POLICIES", "Overflow", "Subscriber", "dropped_notice"]
 
-Overflow = Literal["drop", "disconnect"]
-OVERFLOW_POLICIES: tuple[Overflow, ...] = ("drop", "disconnect")
+Overflow = Literal["drop", "disconnect", "catchup"]
+OVERFLOW_POLICIES: tuple[Overflow, ...] = ("drop", "disconnect", "catchup")
 
 #: Name of the event that tells a client how many events it missed.
 DROPPED_EVENT = "sse.dropped"
+#: Name of the event that tells a resuming client its last id is unknown.
+RESET_EVENT = "sse.reset"
+#: Events fetched from the history per step while catching up.
+CATCHUP_BATCH = 64
 
 
 def dropped_notice(count: int) -> bytes:
@@ -42,6 +48,17 @@ def dropped_notice(count: int) -> bytes:
     it carries no id, so the client's last event id is left as it was.
     """
     return _frame(f'{{"dropped":{count}}}', event=DROPPED_EVENT)
+
+
+def reset_notice(last_id: str) -> bytes:
+    """
+    The block that tells a client its C{last_id} is not in the history (evicted,
+    expired, or from an earlier run): what follows is live, and events in
+    between may be lost. No id, so the client's last event id stays as it was.
+    """
+    return _frame(
+        encode_json({"lastEventId": last_id, "reason": "unknown-id"}), event=RESET_EVENT
+    )
 
 
 def _transport_closed(transport: Any) -> bool:
@@ -56,8 +73,15 @@ class Subscriber:
     """
     An open stream held by an L{SSEBroker}.
 
-    Invariant: while not paused, the queue is empty, so L{send} is one
-    C{request.write}.
+    Three states, and a flag (C{_live}) that makes the common one cheap:
+      - live: reading and caught up; L{send} is one C{write};
+      - paused: the transport is full; events wait in the bounded queue;
+      - catching up (C{_cursor} set): the events after C{_cursor} come from
+        the history, in order, as fast as the client reads; live events are
+        not queued meanwhile, since the history has them too. A resume with
+        C{Last-Event-ID} starts here, and so does the C{catchup} overflow
+        policy. Catching up ends, in the same reactor turn as the last history
+        read, by joining the live stream: no gap, no duplicate.
     """
 
     log = Logger()
@@ -66,6 +90,9 @@ class Subscriber:
         "_broker",
         "_channel",
         "_closing",
+        "_cursor",
+        "_history",
+        "_live",
         "_paused",
         "_queue",
         "_write",
@@ -84,6 +111,7 @@ class Subscriber:
         channels: frozenset[str] | None,
         queue_size: int,
         overflow: Overflow,
+        history: IHistory | None = None,
     ) -> None:
         self._broker = broker
         self.request = request
@@ -93,9 +121,12 @@ class Subscriber:
         self.overflow = overflow
         #: Events dropped since the client was last told about drops.
         self.dropped = 0
+        self._history = history
         self._paused = False
+        self._live = True
         self._closing = False
-        self._queue: deque[bytes] = deque()
+        self._cursor: str | None = None
+        self._queue: deque[Event] = deque()
         self._write = request.write
         # Kept because the request forgets its channel once it finishes.
         self._channel = request.channel
@@ -110,22 +141,29 @@ class Subscriber:
         return self._paused
 
     @property
+    def catching_up(self) -> bool:
+        """Whether the subscriber is being fed from the history."""
+        return self._cursor is not None
+
+    @property
     def queued(self) -> int:
         """How many events wait in the queue."""
         return len(self._queue)
 
-    def send(self, data: bytes) -> bool:
+    def send(self, event: Event) -> bool:
         """
-        Write or queue one framed event.
+        Write, queue, or (while catching up) leave to the history one event.
 
         @return: L{False} if the subscriber must be removed (its queue
             overflowed under the C{disconnect} policy), else L{True}.
         """
-        if not self._paused:
-            self._write(data)
+        if self._live:
+            self._write(event.frame)
+            return True
+        if self._cursor is not None:
             return True
         if len(self._queue) < self.queue_size:
-            self._queue.append(data)
+            self._queue.append(event)
             return True
         return self._overflowed()
 
@@ -136,6 +174,10 @@ class Subscriber:
 
     def _overflowed(self) -> bool:
         self._broker._count_drop()
+        if self.overflow == "catchup" and self._history is not None:
+            # Keep what is queued; everything after it comes from the history.
+            self._cursor = self._queue[-1].id
+            return True
         if self.overflow == "disconnect":
             self.log.warn(
                 "Slow SSE client {peer} disconnected: its queue of {size} events is full",
@@ -159,39 +201,79 @@ class Subscriber:
         except Exception:  # the request may have lost its channel already
             return "?"
 
+    def resume_from(self, last_id: str) -> None:
+        """Replay the events after C{last_id}, then join the live stream."""
+        self._cursor = last_id
+        self._live = False
+        self._flush()
+
     # IPushProducer
 
     def pauseProducing(self) -> None:
         """The transport's buffer is full: queue from now on."""
         self._paused = True
+        self._live = False
 
     def resumeProducing(self) -> None:
-        """The transport drained: flush the queue in order, then any drop notice."""
+        """The transport drained: flush the queue in order, then catch up."""
         self._paused = False
         self._flush()
 
     def stopProducing(self) -> None:
         """The connection is going away; L{notifyFinish} does the clean-up."""
         self._paused = True
+        self._live = False
 
     def _flush(self) -> None:
         queue = self._queue
         write = self._write
         while queue and not self._paused:
-            write(queue.popleft())
-        if self.dropped and not self._paused:
+            write(queue.popleft().frame)
+        if self._paused:
+            return
+        if self.dropped:
             count, self.dropped = self.dropped, 0
             write(dropped_notice(count))
+        while self._cursor is not None and not self._paused:
+            self._catch_up()
+        self._live = not self._paused and self._cursor is None
+
+    def _catch_up(self) -> None:
+        """Write the next batch from the history; clear the cursor when caught up."""
+        cursor = self._cursor
+        assert cursor is not None
+        batch = (
+            self._history.since(cursor, self.channels, CATCHUP_BATCH)
+            if self._history is not None
+            else None
+        )
+        if batch is None:
+            self._cursor = None
+            self._broker._count_reset()
+            self._write(reset_notice(cursor))
+            return
+        if not batch:
+            self._cursor = None
+            return
+        write = self._write
+        for event in batch:
+            write(event.frame)
+            self._broker._count_replayed()
+            self._cursor = event.id
+            if self._paused:
+                return
 
     # Ending the stream
 
     def close(self, last: bytes = b"") -> None:
         """
-        End the stream cleanly: everything queued, then C{last}, then the end
-        of the response, then close the connection once it is written.
+        End the stream cleanly: everything queued or owed from the history,
+        then C{last}, then the end of the response, then close the connection
+        once it is written.
 
-        Writing the queue even while paused keeps memory bounded (at most the
-        queue); the broker aborts what has not gone by its drain deadline.
+        Writing all that even while paused keeps memory bounded (by the queue
+        and the history, which hold it anyway); the broker aborts what has
+        not gone by its drain deadline.
         """
         if self._closing:
             return
@@ -201,12 +283,7 @@ class Subscriber:
         if getattr(request, "_disconnected", False):
             return
         self._paused = False
-        queue = self._queue
-        while queue:
-            self._write(queue.popleft())
-        if self.dropped:
-            self._write(dropped_notice(self.dropped))
-            self.dropped = 0
+        self._flush()
         if last:
             self._write(last)
         request.unregisterProducer()
@@ -224,6 +301,8 @@ class Subscriber:
     def abort(self) -> None:
         """Drop the connection now, without flushing: for slow or stuck clients."""
         self._closing = True
+        self._live = False
+        self._cursor = None
         self._queue.clear()
         transport = self.transport
         if transport is None:

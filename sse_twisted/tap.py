@@ -64,6 +64,10 @@ class Options(usage.Options):
         "publishers POST JSON to the publish path."
     )
 
+    optFlags = [
+        ["no-demo", None, "Do not serve the demo page at /."],
+    ]
+
     optParameters = [
         ["port", "p", "tcp:8080", "Port number or Twisted endpoint description "
          "(tcp:8080:interface=127.0.0.1, ssl:8443:privateKey=key.pem, unix:/run/sse.sock, ...).",
@@ -79,7 +83,14 @@ class Options(usage.Options):
         ["queue-size", None, 64, "Events queued per paused subscriber.",
          _positive_int("queue-size")],
         ["overflow", None, "drop",
-         "What a full queue does: drop (the event, counted and reported) or disconnect."],
+         "What a full queue does: drop (the event, counted and reported), disconnect, "
+         "or catchup (feed the client from the history once it reads again)."],
+        ["history", None, 1000,
+         "Recent events kept for resuming clients (Last-Event-ID); 0 turns it off.",
+         _positive_int("history")],
+        ["history-ttl", None, 0.0,
+         "Seconds after which a kept event is forgotten; 0 keeps it until pushed out.",
+         _seconds("history-ttl")],
         ["heartbeat", None, 15.0, "Seconds between heartbeat comments; 0 turns them off.",
          _seconds("heartbeat")],
         ["retry", None, 2000, "Reconnection delay (ms) sent to clients as a stream opens.",
@@ -95,6 +106,8 @@ class Options(usage.Options):
                 f"--overflow must be one of {', '.join(OVERFLOW_POLICIES)}, "
                 f"got {self['overflow']!r}"
             )
+        if self["overflow"] == "catchup" and self["history"] == 0:
+            raise usage.UsageError("--overflow catchup needs a history (--history N, N > 0)")
         if self["queue-size"] < 1:
             raise usage.UsageError("--queue-size must be at least 1")
         if self["publish-token"] is None:
@@ -115,6 +128,8 @@ def makeService(options: Options) -> IService:
         overflow=options["overflow"],
         heartbeat=options["heartbeat"],
         retry=options["retry"],
+        history=options["history"],
+        history_ttl=options["history-ttl"],
     )
     app = make_app(
         broker,
@@ -123,6 +138,7 @@ def makeService(options: Options) -> IService:
         health_path=options["health-path"],
         publish_token=options["publish-token"],
         max_body=options["max-body"],
+        demo=not options["no-demo"],
     )
     site = Site(app.resource())
     site.displayTracebacks = False

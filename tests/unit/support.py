@@ -38,6 +38,34 @@ def dechunk(body: bytes) -> tuple[bytes, bool]:
     return out, False
 
 
+class FillingTransport(StringTransport):
+    """
+    A transport that, like TCP, pauses its producer once `limit` bytes are
+    waiting unread, and resumes it when the client L{read}s.
+    """
+
+    def __init__(self, limit: int, **kw: Any) -> None:
+        super().__init__(**kw)
+        self.limit = limit
+        self.unread = 0
+
+    def write(self, data: bytes) -> None:
+        super().write(data)
+        self.unread += len(data)
+        if self.unread >= self.limit and self.producer is not None and not self.producerState == "paused":
+            self.producer.pauseProducing()
+            self.producerState = "paused"
+
+    def writeSequence(self, seq: Any) -> None:
+        self.write(b"".join(seq))
+
+    def read(self) -> None:
+        self.unread = 0
+        if self.producerState == "paused":
+            self.producerState = "producing"
+            self.producer.resumeProducing()
+
+
 class Conn:
     """One client connection to C{site}: send a request, read what came back."""
 
@@ -50,8 +78,14 @@ class Conn:
         headers: dict[bytes, bytes] | None = None,
         body: bytes = b"",
         peer: str = "127.0.0.1",
+        limit: int | None = None,
     ) -> None:
-        self.transport = StringTransport(peerAddress=IPv4Address("TCP", peer, 40000))
+        address = IPv4Address("TCP", peer, 40000)
+        self.transport = (
+            StringTransport(peerAddress=address)
+            if limit is None
+            else FillingTransport(limit, peerAddress=address)
+        )
         self.channel = site.buildProtocol(None)
         self.channel.makeConnection(self.transport)
         lines = [method + b" " + path + b" HTTP/1.1", b"Host: test"]
@@ -112,6 +146,10 @@ class Conn:
 
     def resume(self) -> None:
         self.transport.producer.resumeProducing()
+
+    def read(self) -> None:
+        """The client reads what was sent (a FillingTransport then resumes)."""
+        self.transport.read()  # type: ignore[attr-defined]
 
     def drop(self) -> None:
         """The client goes away."""

@@ -1,0 +1,114 @@
+"""
+The event history: what a resuming subscriber is replayed from.
+
+The broker talks to it through L{IHistory} only, so another store can take
+the in-memory ring's place. Lookups are synchronous on purpose: a resume must
+be replayed and joined to the live stream in one reactor turn, which is what
+makes it free of gaps and duplicates. A remote store (Redis) fits behind it
+as a local mirror of the stream that the node reads anyway for fan-out.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Iterator
+from itertools import islice
+from typing import Any, Protocol
+
+from ._reactor import default_reactor
+from .event import Event
+
+__all__ = ["IHistory", "MemoryHistory"]
+
+
+class IHistory(Protocol):
+    """What the broker needs of a history."""
+
+    def append(self, event: Event) -> None:
+        """Remember a published event (it has an id)."""
+
+    def since(
+        self, last_id: str, channels: frozenset[str] | None, limit: int
+    ) -> list[Event] | None:
+        """
+        Up to C{limit} events published after the one with id C{last_id},
+        in publish order, only those on C{channels} (all if L{None}).
+
+        @return: L{None} when C{last_id} is unknown (evicted, expired, or from
+            another run): the caller must tell the client it lost its place.
+        """
+
+    def __len__(self) -> int:
+        """How many events are held."""
+
+
+class MemoryHistory:
+    """
+    The last C{size} events in memory, each forgotten after C{ttl} seconds
+    (0: kept until pushed out).
+
+    Appending is O(1); C{since} is O(position of the id + events returned).
+    """
+
+    def __init__(self, size: int = 1000, ttl: float = 0, reactor: Any = None) -> None:
+        if size < 1:
+            raise ValueError(f"history size must be at least 1, got {size}")
+        if ttl < 0:
+            raise ValueError(f"history ttl must be >= 0 seconds, got {ttl}")
+        self.size = size
+        self.ttl = ttl
+        self._reactor = reactor
+        self._seq = 0
+        # (sequence number, time published, event), oldest first.
+        self._ring: deque[tuple[int, float, Event]] = deque()
+        self._by_id: dict[str, int] = {}
+
+    def __len__(self) -> int:
+        self._expire()
+        return len(self._ring)
+
+    def append(self, event: Event) -> None:
+        assert event.id is not None, "only events with ids can be resumed from"
+        self._seq += 1
+        now = default_reactor(self._reactor).seconds() if self.ttl else 0.0
+        self._ring.append((self._seq, now, event))
+        self._by_id[event.id] = self._seq
+        if len(self._ring) > self.size:
+            self._forget_oldest()
+        if self.ttl:
+            self._expire(now)
+
+    def _forget_oldest(self) -> None:
+        seq, _, old = self._ring.popleft()
+        assert old.id is not None
+        if self._by_id.get(old.id) == seq:
+            del self._by_id[old.id]
+
+    def _expire(self, now: float | None = None) -> None:
+        if not self.ttl:
+            return
+        if now is None:
+            now = default_reactor(self._reactor).seconds()
+        horizon = now - self.ttl
+        while self._ring and self._ring[0][1] <= horizon:
+            self._forget_oldest()
+
+    def since(
+        self, last_id: str, channels: frozenset[str] | None, limit: int
+    ) -> list[Event] | None:
+        self._expire()
+        seq = self._by_id.get(last_id)
+        if seq is None:
+            return None
+        start = seq - self._ring[0][0] + 1
+        out: list[Event] = []
+        for _, _, event in islice(self._ring, start, None):
+            if channels is None or event.channel in channels:
+                out.append(event)
+                if len(out) >= limit:
+                    break
+        return out
+
+    def __iter__(self) -> Iterator[Event]:
+        self._expire()
+        return (event for _, _, event in self._ring)

@@ -1,0 +1,14 @@
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from ..servers import SSEServer
+
+
+@pytest.fixture
+def server() -> Iterator[SSEServer]:
+    srv = SSEServer("--heartbeat", "1")
+    yield srv
+    srv.stop()

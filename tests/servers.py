@@ -1,0 +1,197 @@
+"""
+Real processes for end-to-end tests: `twistd -n sse` (or an example script)
+on a free loopback port, found from its own log line, stopped by PID.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import re
+import select
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+TWISTD = str(Path(sys.executable).with_name("twistd"))
+_PORT = re.compile(r"listening on (?:IPv4Address\(.*?port=)?(\d+)")
+
+
+class Process:
+    """A subprocess whose output we read line by line, with deadlines."""
+
+    def __init__(self, argv: list[str], *, env: dict[str, str] | None = None, cwd: Path | None = None):
+        self.argv = argv
+        self.proc = subprocess.Popen(
+            argv,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            cwd=str(cwd or ROOT),
+            env={**os.environ, **(env or {})},
+        )
+        self.lines: list[str] = []
+        self._buf = b""
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def read_until(self, pattern: str | re.Pattern[str], timeout: float = 15.0) -> re.Match[str]:
+        """Read output until a line matches, or fail after `timeout` seconds."""
+        regex = re.compile(pattern) if isinstance(pattern, str) else pattern
+        for line in self.lines:
+            m = regex.search(line)
+            if m:
+                return m
+        deadline = time.monotonic() + timeout
+        assert self.proc.stdout is not None
+        fd = self.proc.stdout.fileno()
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError(f"no line matching {regex.pattern!r}; output:\n" + self.output())
+            ready, _, _ = select.select([fd], [], [], left)
+            if not ready:
+                continue
+            chunk = os.read(fd, 65536)
+            if not chunk:
+                raise RuntimeError(f"process exited ({self.proc.wait()}); output:\n" + self.output())
+            self._buf += chunk
+            *complete, self._buf = self._buf.split(b"\n")
+            for raw in complete:
+                line = raw.decode("utf-8", "replace")
+                self.lines.append(line)
+                m = regex.search(line)
+                if m:
+                    return m
+
+    def output(self) -> str:
+        return "\n".join(self.lines) + self._buf.decode("utf-8", "replace")
+
+    def drain_output(self) -> str:
+        """Read whatever is left after the process ended."""
+        assert self.proc.stdout is not None
+        rest = self.proc.stdout.read() or b""
+        self._buf += rest
+        return self.output()
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 15.0) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            return self.proc.wait(5)
+
+
+class SSEServer(Process):
+    """`twistd -n sse` on a free loopback port."""
+
+    def __init__(self, *args: str, env: dict[str, str] | None = None, port: int | None = None):
+        where = f"tcp:{port or 0}:interface=127.0.0.1"
+        super().__init__(
+            [TWISTD, "-n", "--pidfile=", "sse", "--port", where, *args],
+            env={"PYTHONUNBUFFERED": "1", **(env or {})},
+        )
+        try:
+            self.port = int(self.read_until(_PORT).group(1))
+        except BaseException:
+            self.stop(signal.SIGKILL)
+            raise
+        self.host = "127.0.0.1"
+
+    @property
+    def base(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def request(
+        self, method: str, path: str, body: Any = None, headers: dict[str, str] | None = None,
+        raw: bytes | None = None,
+    ) -> tuple[int, dict[str, str], Any]:
+        conn = http.client.HTTPConnection(self.host, self.port, timeout=10)
+        try:
+            data = raw if raw is not None else (None if body is None else json.dumps(body).encode())
+            hdrs = {"Content-Type": "application/json", **(headers or {})}
+            conn.request(method, path, body=data, headers=hdrs)
+            resp = conn.getresponse()
+            payload = resp.read()
+            ctype = resp.getheader("content-type", "")
+            value = json.loads(payload) if ctype.startswith("application/json") else payload
+            return resp.status, {k.lower(): v for k, v in resp.getheaders()}, value
+        finally:
+            conn.close()
+
+    def publish(self, channel: str, event: str | None = None, data: Any = None, **fields: Any) -> Any:
+        body = {"channel": channel, **({"event": event} if event is not None else {}), **fields}
+        if "text" not in fields:
+            body["data"] = data
+        status, _, answer = self.request("POST", "/publish", body)
+        assert status == 200, (status, answer)
+        return answer
+
+
+class RawSubscriber:
+    """A subscriber on a raw socket: exact bytes, with deadlines on every read."""
+
+    def __init__(self, server: SSEServer, path: str = "/events", headers: dict[str, str] | None = None):
+        self.sock = socket.create_connection((server.host, server.port), timeout=10)
+        lines = [f"GET {path} HTTP/1.1", f"Host: {server.host}:{server.port}", "Accept: text/event-stream"]
+        lines += [f"{k}: {v}" for k, v in (headers or {}).items()]
+        self.sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode())
+        self.data = b""
+
+    def read_until(self, needle: bytes, timeout: float = 10.0) -> bytes:
+        deadline = time.monotonic() + timeout
+        while needle not in self.data:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError(f"{needle!r} not received; got {self.data!r}")
+            self.sock.settimeout(left)
+            chunk = self.sock.recv(65536)
+            if not chunk:
+                raise ConnectionError(f"closed before {needle!r}; got {self.data!r}")
+            self.data += chunk
+        return self.data
+
+    def read_to_close(self, timeout: float = 10.0) -> bytes:
+        deadline = time.monotonic() + timeout
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError(f"still open; got {self.data!r}")
+            self.sock.settimeout(left)
+            try:
+                chunk = self.sock.recv(65536)
+            except ConnectionResetError:
+                return self.data
+            if not chunk:
+                return self.data
+            self.data += chunk
+
+    def head(self) -> bytes:
+        return self.data.partition(b"\r\n\r\n")[0]
+
+    def body(self) -> bytes:
+        """The event-stream bytes, with HTTP/1.1 chunking removed."""
+        body = self.data.partition(b"\r\n\r\n")[2]
+        out = b""
+        while body:
+            line, sep, rest = body.partition(b"\r\n")
+            if not sep:
+                break
+            size = int(line, 16)
+            if size == 0 or len(rest) < size + 2:
+                break
+            out += rest[:size]
+            body = rest[size + 2 :]
+        return out
+
+    def close(self) -> None:
+        self.sock.close()
