@@ -22,7 +22,9 @@ def job(broker: SSEBroker, name: str, steps: int = 5, pause: float = 0.05) -> st
     """Blocking work, run in a thread; each step is published from that thread."""
     for step in range(1, steps + 1):
         time.sleep(pause)  # stands for real blocking work
-        future = broker.publish_threadsafe("jobs", "progress", {"job": name, "step": step, "of": steps})
+        future = broker.publish_threadsafe(
+            "jobs", "progress", {"job": name, "step": step, "of": steps}
+        )
         future.result(timeout=10)  # optional: wait until the reactor published it
     broker.publish_threadsafe("jobs", "done", {"job": name})
     return name

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from importlib.resources import files
+from typing import Any
 
 from klein import Klein
 from twisted.python.failure import Failure
@@ -49,6 +48,7 @@ def make_app(
     stream = broker.resource()
     publish = PublishResource(broker, token=publish_token, max_body=max_body)
     health = HealthResource(broker)
+
     # Named functions: Klein keys routes by their endpoint function's name.
     @app.route(normalise_path(path), strict_slashes=False)
     def events(request: Request) -> Any:
@@ -70,7 +70,7 @@ def make_app(
             return page
 
     @app.handle_errors(NotFound)
-    def not_found(request: Request, failure: Failure) -> Any:
+    def not_found(request: Any, failure: Failure) -> Any:
         return json_response(request, 404, {"error": "not found"})
 
     return app

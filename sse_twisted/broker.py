@@ -196,7 +196,7 @@ class SSEBroker:
         if not self._subscribers:
             self._stop_heartbeat()
 
-    def _gone(self, result: None | Failure, sub: Subscriber) -> None:
+    def _gone(self, result: Failure | None, sub: Subscriber) -> None:
         """The request finished or its connection was lost: forget it."""
         self._remove(sub)
         self.log.debug("SSE client {peer} gone", peer=sub._peer())
@@ -303,7 +303,7 @@ class SSEBroker:
                     )
                 )
             except (TypeError, ValueError) as e:
-                e.sse_item = index  # type: ignore[attr-defined]  # read by the resource
+                e.sse_item = index  # type: ignore[union-attr]  # read by the resource
                 raise
         self._seq += taken
         return events
@@ -445,8 +445,9 @@ class SSEBroker:
                 clock.callLater(_DRAIN_POLL, poll)
                 return
             for sub in waiting:
-                self.log.warn("SSE client {peer} still open at drain deadline: aborted",
-                              peer=sub._peer())
+                self.log.warn(
+                    "SSE client {peer} still open at drain deadline: aborted", peer=sub._peer()
+                )
                 sub.abort()
             assert self._drained is not None
             self._drained.callback(None)

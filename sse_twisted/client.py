@@ -120,7 +120,7 @@ class _Discard(_TwistedProtocol):
 
 def _deliver_body(response: IResponse, protocol: _TwistedProtocol) -> None:
     # IResponse.deliverBody has no annotations in Twisted.
-    response.deliverBody(protocol)  # type: ignore[no-untyped-call]
+    response.deliverBody(protocol)
 
 
 def _redirect_without_location(reason: Failure) -> IResponse | None:
@@ -136,7 +136,7 @@ def _redirect_without_location(reason: Failure) -> IResponse | None:
 
 def _failure(exception: BaseException) -> Failure:
     # Failure.__init__ has no annotations in Twisted.
-    return Failure(exception)  # type: ignore[no-untyped-call]
+    return Failure(exception)
 
 
 class EventSource:
@@ -323,7 +323,7 @@ class EventSource:
             from twisted.web.client import Agent
 
             # Agent's __init__ has no annotations in Twisted.
-            agent = Agent(self._reactor())  # type: ignore[no-untyped-call]
+            agent = Agent(self._reactor())
             client: HTTPGetter = HTTPClient(agent)
             self._http_client = client
         return self._http_client

@@ -272,6 +272,4 @@ class HealthResource(Resource):
             return _error(request, _method_not_allowed(b"GET, HEAD"))
         if self.broker.draining:
             return json_response(request, 503, {"status": "draining", "clients": 0})
-        return json_response(
-            request, 200, {"status": "ok", "clients": self.broker.client_count()}
-        )
+        return json_response(request, 200, {"status": "ok", "clients": self.broker.client_count()})

@@ -56,9 +56,7 @@ def reset_notice(last_id: str) -> bytes:
     expired, or from an earlier run): what follows is live, and events in
     between may be lost. No id, so the client's last event id stays as it was.
     """
-    return _frame(
-        encode_json({"lastEventId": last_id, "reason": "unknown-id"}), event=RESET_EVENT
-    )
+    return _frame(encode_json({"lastEventId": last_id, "reason": "unknown-id"}), event=RESET_EVENT)
 
 
 def _transport_closed(transport: Any) -> bool:

@@ -69,35 +69,80 @@ class Options(usage.Options):
     ]
 
     optParameters = [
-        ["port", "p", "tcp:8080", "Port number or Twisted endpoint description "
-         "(tcp:8080:interface=127.0.0.1, ssl:8443:privateKey=key.pem, unix:/run/sse.sock, ...).",
-         _port],
+        [
+            "port",
+            "p",
+            "tcp:8080",
+            "Port number or Twisted endpoint description "
+            "(tcp:8080:interface=127.0.0.1, ssl:8443:privateKey=key.pem, unix:/run/sse.sock, ...).",
+            _port,
+        ],
         ["path", None, "/events", "URL path of the event stream."],
         ["publish-path", None, "/publish", "URL path for publishing (POST)."],
         ["health-path", None, "/health", "URL path of the health check."],
-        ["publish-token", None, None,
-         "Bearer token required to publish (default: $SSE_PUBLISH_TOKEN; "
-         "without one, only loopback peers may publish)."],
-        ["max-body", None, DEFAULT_MAX_BODY, "Largest publish body in bytes.",
-         _positive_int("max-body")],
-        ["queue-size", None, 64, "Events queued per paused subscriber.",
-         _positive_int("queue-size")],
-        ["overflow", None, "drop",
-         "What a full queue does: drop (the event, counted and reported), disconnect, "
-         "or catchup (feed the client from the history once it reads again)."],
-        ["history", None, 1000,
-         "Recent events kept for resuming clients (Last-Event-ID); 0 turns it off.",
-         _positive_int("history")],
-        ["history-ttl", None, 0.0,
-         "Seconds after which a kept event is forgotten; 0 keeps it until pushed out.",
-         _seconds("history-ttl")],
-        ["heartbeat", None, 15.0, "Seconds between heartbeat comments; 0 turns them off.",
-         _seconds("heartbeat")],
-        ["retry", None, 2000, "Reconnection delay (ms) sent to clients as a stream opens.",
-         _positive_int("retry")],
-        ["drain-timeout", None, 5.0,
-         "Seconds that stopping waits for streams to end before aborting them.",
-         _seconds("drain-timeout")],
+        [
+            "publish-token",
+            None,
+            None,
+            "Bearer token required to publish (default: $SSE_PUBLISH_TOKEN; "
+            "without one, only loopback peers may publish).",
+        ],
+        [
+            "max-body",
+            None,
+            DEFAULT_MAX_BODY,
+            "Largest publish body in bytes.",
+            _positive_int("max-body"),
+        ],
+        [
+            "queue-size",
+            None,
+            64,
+            "Events queued per paused subscriber.",
+            _positive_int("queue-size"),
+        ],
+        [
+            "overflow",
+            None,
+            "drop",
+            "What a full queue does: drop (the event, counted and reported), disconnect, "
+            "or catchup (feed the client from the history once it reads again).",
+        ],
+        [
+            "history",
+            None,
+            1000,
+            "Recent events kept for resuming clients (Last-Event-ID); 0 turns it off.",
+            _positive_int("history"),
+        ],
+        [
+            "history-ttl",
+            None,
+            0.0,
+            "Seconds after which a kept event is forgotten; 0 keeps it until pushed out.",
+            _seconds("history-ttl"),
+        ],
+        [
+            "heartbeat",
+            None,
+            15.0,
+            "Seconds between heartbeat comments; 0 turns them off.",
+            _seconds("heartbeat"),
+        ],
+        [
+            "retry",
+            None,
+            2000,
+            "Reconnection delay (ms) sent to clients as a stream opens.",
+            _positive_int("retry"),
+        ],
+        [
+            "drain-timeout",
+            None,
+            5.0,
+            "Seconds that stopping waits for streams to end before aborting them.",
+            _seconds("drain-timeout"),
+        ],
     ]
 
     def postOptions(self) -> None:

@@ -26,7 +26,9 @@ _PORT = re.compile(r"listening on (?:IPv4Address\(.*?port=)?(\d+)")
 class Process:
     """A subprocess whose output we read line by line, with deadlines."""
 
-    def __init__(self, argv: list[str], *, env: dict[str, str] | None = None, cwd: Path | None = None):
+    def __init__(
+        self, argv: list[str], *, env: dict[str, str] | None = None, cwd: Path | None = None
+    ):
         self.argv = argv
         self.proc = subprocess.Popen(
             argv,
@@ -61,7 +63,9 @@ class Process:
                 continue
             chunk = os.read(fd, 65536)
             if not chunk:
-                raise RuntimeError(f"process exited ({self.proc.wait()}); output:\n" + self.output())
+                raise RuntimeError(
+                    f"process exited ({self.proc.wait()}); output:\n" + self.output()
+                )
             self._buf += chunk
             *complete, self._buf = self._buf.split(b"\n")
             for raw in complete:
@@ -112,7 +116,11 @@ class SSEServer(Process):
         return f"http://{self.host}:{self.port}"
 
     def request(
-        self, method: str, path: str, body: Any = None, headers: dict[str, str] | None = None,
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        headers: dict[str, str] | None = None,
         raw: bytes | None = None,
     ) -> tuple[int, dict[str, str], Any]:
         conn = http.client.HTTPConnection(self.host, self.port, timeout=10)
@@ -128,7 +136,9 @@ class SSEServer(Process):
         finally:
             conn.close()
 
-    def publish(self, channel: str, event: str | None = None, data: Any = None, **fields: Any) -> Any:
+    def publish(
+        self, channel: str, event: str | None = None, data: Any = None, **fields: Any
+    ) -> Any:
         body = {"channel": channel, **({"event": event} if event is not None else {}), **fields}
         if "text" not in fields:
             body["data"] = data
@@ -140,9 +150,15 @@ class SSEServer(Process):
 class RawSubscriber:
     """A subscriber on a raw socket: exact bytes, with deadlines on every read."""
 
-    def __init__(self, server: SSEServer, path: str = "/events", headers: dict[str, str] | None = None):
+    def __init__(
+        self, server: SSEServer, path: str = "/events", headers: dict[str, str] | None = None
+    ):
         self.sock = socket.create_connection((server.host, server.port), timeout=10)
-        lines = [f"GET {path} HTTP/1.1", f"Host: {server.host}:{server.port}", "Accept: text/event-stream"]
+        lines = [
+            f"GET {path} HTTP/1.1",
+            f"Host: {server.host}:{server.port}",
+            "Accept: text/event-stream",
+        ]
         lines += [f"{k}: {v}" for k, v in (headers or {}).items()]
         self.sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode())
         self.data = b""

@@ -52,7 +52,11 @@ class FillingTransport(StringTransport):
     def write(self, data: bytes) -> None:
         super().write(data)
         self.unread += len(data)
-        if self.unread >= self.limit and self.producer is not None and not self.producerState == "paused":
+        if (
+            self.unread >= self.limit
+            and self.producer is not None
+            and self.producerState != "paused"
+        ):
             self.producer.pauseProducing()
             self.producerState = "paused"
 

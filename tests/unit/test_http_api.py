@@ -56,7 +56,10 @@ def test_publish_batch(clock: Clock) -> None:
     """A JSON list publishes in order and answers a list of answers."""
     broker, site = setup(clock)
     sub = Conn(site, b"/events?channel=a")
-    r = post(site, [{"channel": "a", "data": 1}, {"channel": "b", "data": 2}, {"channel": "a", "data": 3}])
+    r = post(
+        site,
+        [{"channel": "a", "data": 1}, {"channel": "b", "data": 2}, {"channel": "a", "data": 3}],
+    )
     assert r.json() == [
         {"id": "t-1", "clients": 1},
         {"id": "t-2", "clients": 0},
@@ -90,7 +93,11 @@ BAD_BODIES = [
     (b'{"channel": "c\\n", "data": 1}', 400, "control characters"),
     (b'{"channel": "", "data": 1}', 400, "1 to 200"),
     (b'{"channel": "' + b"x" * 201 + b'", "data": 1}', 400, "1 to 200"),
-    (b'[{"channel": "c", "data": 1}, {"channel": "c", "event": "x\\ny", "data": 2}]', 400, "item 1"),
+    (
+        b'[{"channel": "c", "data": 1}, {"channel": "c", "event": "x\\ny", "data": 2}]',
+        400,
+        "item 1",
+    ),
     (b'[{"channel": "c", "data": 1}, 7]', 400, "item 1"),
 ]
 
@@ -116,7 +123,11 @@ def test_content_type_must_be_json(clock: Clock) -> None:
     for headers in ({b"content-type": b"text/plain"}, {}):
         r = post(site, {"channel": "c", "data": 1}, headers=headers or {b"x": b"y"})
         assert r.status == 415 and "application/json" in r.json()["error"]
-    r = post(site, {"channel": "c", "data": 1}, headers={b"content-type": b"application/json; charset=utf-8"})
+    r = post(
+        site,
+        {"channel": "c", "data": 1},
+        headers={b"content-type": b"application/json; charset=utf-8"},
+    )
     assert r.status == 200
 
 

@@ -242,7 +242,7 @@ def test_resume_property(events: list[tuple[str, int]], data: st.DataObject) -> 
     wanted = data.draw(st.sets(st.sampled_from("abc"), min_size=1))
     query = b"&".join(b"channel=" + w.encode() for w in sorted(wanted))
     c = Conn(site, b"/events?" + query, headers={b"Last-Event-ID": ids[k].encode()})  # type: ignore[union-attr]
-    expected = [(i, str(n)) for i, (ch, n) in zip(ids, events) if ch in wanted][
+    expected = [(i, str(n)) for i, (ch, n) in zip(ids, events, strict=True) if ch in wanted][
         sum(1 for ch, _ in events[: k + 1] if ch in wanted) :
     ]
     assert [(e.last_event_id, e.data) for e in c.events()] == expected

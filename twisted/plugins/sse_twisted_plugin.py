@@ -3,5 +3,8 @@
 from twisted.application.service import ServiceMaker
 
 serviceMaker = ServiceMaker(
-    "sse_twisted", "sse_twisted.tap", "A Server-Sent Events broker (GET to subscribe, POST to publish).", "sse"
+    "sse_twisted",
+    "sse_twisted.tap",
+    "A Server-Sent Events broker (GET to subscribe, POST to publish).",
+    "sse",
 )
