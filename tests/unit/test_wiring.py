@@ -1,0 +1,231 @@
+"""Options, plugin, service lifecycle, paths, exports, embedding, log streaming."""
+
+from __future__ import annotations
+
+import pytest
+from klein import Klein
+from twisted.application.service import IServiceMaker
+from twisted.internet.defer import Deferred
+from twisted.internet.task import Clock
+from twisted.internet.testing import MemoryReactorClock
+from twisted.logger import Logger, LogLevel
+from twisted.plugin import getPlugins
+from twisted.python import usage
+from twisted.web.resource import Resource
+from twisted.web.server import Site
+
+import sse_twisted
+from sse_twisted import SSEBroker, SSEService, normalise_path
+from sse_twisted.logstream import LogStreamObserver
+from sse_twisted.tap import Options, makeService
+
+from .support import Conn, make_site
+
+
+@pytest.mark.parametrize(
+    "given, expected",
+    [
+        ("", "/events"),
+        ("   ", "/events"),
+        ("/", "/events"),
+        ("///", "/events"),
+        ("events", "/events"),
+        (" /live/ ", "/live"),
+        ("a/b/", "/a/b"),
+        ("//a//", "/a"),
+        (None, "/events"),
+    ],
+)
+def test_normalise_path(given: str | None, expected: str) -> None:
+    """Paths are normalised as the original's normaliseSSEPath/resolveSSEPath."""
+    assert normalise_path(given) == expected
+
+
+def test_exports() -> None:
+    """Every public name is exported from its home module."""
+    from sse_twisted import broker, event, resource, service
+
+    assert sse_twisted.SSEBroker is broker.SSEBroker
+    assert sse_twisted.Event is event.Event
+    assert sse_twisted.StreamResource is resource.StreamResource
+    assert sse_twisted.SSEService is service.SSEService
+    for name in sse_twisted.__all__:
+        assert getattr(sse_twisted, name) is not None
+
+
+def test_plugin_is_found() -> None:
+    """twistd finds the `sse` tap through the plugin system."""
+    makers = {m.tapname: m for m in getPlugins(IServiceMaker)}
+    assert makers["sse"].options is Options
+
+
+def test_options_defaults() -> None:
+    """Defaults are as documented."""
+    o = Options()
+    o.parseOptions([])
+    assert o["port"] == "tcp:8080"
+    assert (o["path"], o["publish-path"], o["queue-size"], o["overflow"]) == (
+        "/events",
+        "/publish",
+        64,
+        "drop",
+    )
+    assert (o["heartbeat"], o["drain-timeout"], o["max-body"], o["history"]) == (
+        15.0,
+        5.0,
+        1 << 20,
+        1000,
+    )
+
+
+def test_options_port_forms() -> None:
+    """--port takes a number or an endpoint description."""
+    for given, expected in [
+        ("9000", "tcp:9000"),
+        ("tcp:80:interface=127.0.0.1", "tcp:80:interface=127.0.0.1"),
+        ("unix:/run/sse.sock", "unix:/run/sse.sock"),
+    ]:
+        o = Options()
+        o.parseOptions(["--port", given])
+        assert o["port"] == expected
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--overflow", "explode"], "--overflow"),
+        (["--queue-size", "0"], "--queue-size"),
+        (["--queue-size", "many"], "integer"),
+        (["--heartbeat", "-1"], "negative"),
+        (["--heartbeat", "nan"], "negative"),
+        (["--max-body", "-5"], "negative"),
+        (["--path", "/x", "--publish-path", "x/"], "must differ"),
+        (["--history", "0", "--overflow", "catchup"], "catchup"),
+    ],
+)
+def test_bad_options(argv: list[str], message: str) -> None:
+    """Bad options raise UsageError with a message that says what is wrong."""
+    with pytest.raises(usage.UsageError, match=message):
+        Options().parseOptions(argv)
+
+
+def test_token_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """SSE_PUBLISH_TOKEN is the default publish token."""
+    monkeypatch.setenv("SSE_PUBLISH_TOKEN", "env-token")
+    o = Options()
+    o.parseOptions([])
+    assert o["publish-token"] == "env-token"
+    o = Options()
+    o.parseOptions(["--publish-token", "flag"])
+    assert o["publish-token"] == "flag"
+
+
+def test_make_service() -> None:
+    """makeService wires the broker settings into an SSEService."""
+    o = Options()
+    o.parseOptions(
+        [
+            "--port",
+            "tcp:0",
+            "--queue-size",
+            "7",
+            "--overflow",
+            "disconnect",
+            "--heartbeat",
+            "0",
+            "--drain-timeout",
+            "2",
+        ]
+    )
+    svc = makeService(o)
+    assert isinstance(svc, SSEService)
+    assert (svc.broker.queue_size, svc.broker.overflow, svc.drain_timeout) == (7, "disconnect", 2)
+
+
+def test_service_stops_listening_then_drains() -> None:
+    """stopService closes the port first, then drains; it fires when streams are gone."""
+    reactor = MemoryReactorClock()
+    broker = SSEBroker(reactor=reactor, heartbeat=0)
+    root = Resource()
+    root.putChild(b"events", broker.resource())
+    svc = SSEService(
+        "tcp:8123:interface=127.0.0.1", Site(root), broker, reactor=reactor, drain_timeout=1
+    )
+    svc.startService()
+    (port,) = reactor.tcpServers
+    assert port[0] == 8123
+    order: list[str] = []
+    listening = svc.port
+    assert listening is not None
+    original = listening.stopListening
+
+    def stop() -> Deferred[None] | None:
+        order.append("stopListening")
+        assert not broker.draining
+        return original()
+
+    listening.stopListening = stop  # type: ignore[method-assign]
+    site = make_site(root, reactor)
+    Conn(site)
+    done = svc.stopService()
+    assert order == ["stopListening"] and broker.draining
+    fired: list[object] = []
+    done.addCallback(fired.append)
+    reactor.advance(1.1)
+    assert fired == [None]
+    assert not svc.running
+
+
+def test_klein_embedding() -> None:
+    """A Klein route that returns broker.resource() serves a stream beside other routes."""
+    clock = Clock()
+    broker = SSEBroker(reactor=clock, heartbeat=0, id_prefix="k")
+    app = Klein()
+
+    @app.route("/hello")
+    def hello(request: object) -> str:
+        return "hi"
+
+    @app.route("/live/events")
+    def events(request: object) -> object:
+        return broker.resource()
+
+    site = make_site(app.resource(), clock)
+    assert b"hi" in Conn(site, b"/hello").head_and_body()[1]
+    sub = Conn(site, b"/live/events?channel=x")
+    assert sub.status == 200
+    broker.publish("x", "e", 1)
+    assert [(e.type, e.data) for e in sub.events()] == [("e", "1")]
+    sub.drop()
+    assert broker.client_count() == 0
+
+
+def test_putchild_embedding() -> None:
+    """broker.resource() mounts with putChild at any depth."""
+    clock = Clock()
+    broker = SSEBroker(reactor=clock, heartbeat=0)
+    root, api = Resource(), Resource()
+    root.putChild(b"api", api)
+    api.putChild(b"stream", broker.resource())
+    sub = Conn(make_site(root, clock), b"/api/stream")
+    broker.publish("c", "e", 2)
+    assert [e.data for e in sub.events()] == ["2"]
+
+
+def test_log_stream_observer() -> None:
+    """The log observer publishes selected log events and never feeds back on itself."""
+    clock = Clock()
+    broker = SSEBroker(reactor=clock, heartbeat=0)
+    root = Resource()
+    root.putChild(b"events", broker.resource())
+    sub = Conn(make_site(root, clock), b"/events?channel=logs")
+    observer = LogStreamObserver(broker, "logs", lambda e: e.get("log_level") >= LogLevel.warn)
+    log = Logger(namespace="app", observer=observer)
+    log.info("not this one")
+    log.warn("disk {pct}% full", pct=91)
+    (event,) = sub.events()
+    import json
+
+    data = json.loads(event.data)
+    assert event.type == "log"
+    assert (data["level"], data["namespace"], data["text"]) == ("warn", "app", "disk 91% full")
