@@ -159,6 +159,7 @@ class SSEBroker:
         request.registerProducer(sub, True)
         request.notifyFinish().addBoth(self._gone, sub)
         request.write(self._opening)
+        sub.enable_fast_path()
         if last_event_id:
             sub.resume_from(last_event_id)
         self.log.debug(
@@ -322,19 +323,26 @@ class SSEBroker:
         self.published += 1
         if self.history is not None and event.id is not None:
             self.history.append(event)
+        frame = event.frame
+        # The HTTP/1.1 chunk, built once for every live subscriber.
+        chunk = b"%x\r\n%s\r\n" % (len(frame), frame)
         sent = 0
         failed: list[Subscriber] | None = None
         for group in (self._all, self._by_channel.get(event.channel)):
             if not group:
                 continue
+            sent += len(group)
             for sub in group:
-                if sub.send(event):
-                    sent += 1
-                elif failed is None:
-                    failed = [sub]
-                else:
-                    failed.append(sub)
+                fast = sub._fast
+                if fast is not None:
+                    fast(chunk)
+                elif not sub.send(event):
+                    if failed is None:
+                        failed = [sub]
+                    else:
+                        failed.append(sub)
         if failed:
+            sent -= len(failed)
             for sub in failed:
                 self._remove(sub)
         self.delivered += sent

@@ -13,10 +13,12 @@ means.
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Literal
 
 from twisted.internet.interfaces import IPushProducer
 from twisted.logger import Logger
+from twisted.web.http import HTTPChannel
 from twisted.web.server import Request
 from zope.interface import implementer
 
@@ -90,6 +92,8 @@ class Subscriber:
         "_closing",
         "_cursor",
         "_history",
+        "_chunk_writer",
+        "_fast",
         "_live",
         "_paused",
         "_queue",
@@ -122,6 +126,10 @@ class Subscriber:
         self._history = history
         self._paused = False
         self._live = True
+        #: The transport's write while live and HTTP/1.1-chunked, else None:
+        #: the broker hands it the event's pre-built chunk directly.
+        self._fast: Callable[[bytes], object] | None = None
+        self._chunk_writer: Callable[[bytes], object] | None = None
         self._closing = False
         self._cursor: str | None = None
         self._queue: deque[Event] = deque()
@@ -199,10 +207,29 @@ class Subscriber:
         except Exception:  # the request may have lost its channel already
             return "?"
 
+    def enable_fast_path(self) -> None:
+        """
+        Once headers are out: on an HTTP/1.1 chunked response the broker may
+        write pre-built chunks straight to the transport, the same bytes that
+        C{request.write} would produce, without its per-call work.
+        """
+        request = self.request
+        if (
+            isinstance(self._channel, HTTPChannel)
+            and getattr(request, "chunked", False)
+            and self.transport is not None
+        ):
+            self._chunk_writer = self.transport.write
+            self._set_live(self._live)
+
+    def _set_live(self, live: bool) -> None:
+        self._live = live
+        self._fast = self._chunk_writer if live else None
+
     def resume_from(self, last_id: str) -> None:
         """Replay the events after C{last_id}, then join the live stream."""
         self._cursor = last_id
-        self._live = False
+        self._set_live(False)
         self._flush()
 
     # IPushProducer
@@ -210,7 +237,7 @@ class Subscriber:
     def pauseProducing(self) -> None:
         """The transport's buffer is full: queue from now on."""
         self._paused = True
-        self._live = False
+        self._set_live(False)
 
     def resumeProducing(self) -> None:
         """The transport drained: flush the queue in order, then catch up."""
@@ -220,7 +247,7 @@ class Subscriber:
     def stopProducing(self) -> None:
         """The connection is going away; L{notifyFinish} does the clean-up."""
         self._paused = True
-        self._live = False
+        self._set_live(False)
 
     def _flush(self) -> None:
         queue = self._queue
@@ -234,7 +261,7 @@ class Subscriber:
             write(dropped_notice(count))
         while self._cursor is not None and not self._paused:
             self._catch_up()
-        self._live = not self._paused and self._cursor is None
+        self._set_live(not self._paused and self._cursor is None)
 
     def _catch_up(self) -> None:
         """Write the next batch from the history; clear the cursor when caught up."""
@@ -299,7 +326,7 @@ class Subscriber:
     def abort(self) -> None:
         """Drop the connection now, without flushing: for slow or stuck clients."""
         self._closing = True
-        self._live = False
+        self._set_live(False)
         self._cursor = None
         self._queue.clear()
         transport = self.transport

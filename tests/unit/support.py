@@ -83,6 +83,7 @@ class Conn:
         body: bytes = b"",
         peer: str = "127.0.0.1",
         limit: int | None = None,
+        version: bytes = b"HTTP/1.1",
     ) -> None:
         address = IPv4Address("TCP", peer, 40000)
         self.transport = (
@@ -92,7 +93,7 @@ class Conn:
         )
         self.channel = site.buildProtocol(None)
         self.channel.makeConnection(self.transport)
-        lines = [method + b" " + path + b" HTTP/1.1", b"Host: test"]
+        lines = [method + b" " + path + b" " + version, b"Host: test"]
         for name, value in (headers or {}).items():
             lines.append(name + b": " + value)
         if body or method == b"POST":

@@ -470,3 +470,16 @@ def test_whatever_publish_accepts_parses_back(
         assert json.loads(got.data) == data
     else:
         assert got.data == text.replace("\r\n", "\n").replace("\r", "\n")
+
+
+def test_http10_client_gets_unchunked_stream(clock: Clock) -> None:
+    """An HTTP/1.0 client gets the raw stream (no chunking) with the same frames."""
+    broker, site = setup(clock)
+    old = Conn(site, version=b"HTTP/1.0")
+    new = Conn(site)
+    ev = broker.publish("c", "e", 1)
+    body = old.head_and_body()[1]
+    assert body == b": connected\nretry: 2000\n\n" + ev.frame
+    assert new.stream().endswith(ev.frame)
+    (sub,) = [s for s in broker._subscribers if s.request.clientproto == b"HTTP/1.0"]
+    assert sub._fast is None  # the chunk fast path is for HTTP/1.1 chunked responses only
