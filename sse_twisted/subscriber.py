@@ -89,11 +89,11 @@ class Subscriber:
     __slots__ = (
         "_broker",
         "_channel",
+        "_chunk_writer",
         "_closing",
         "_cursor",
-        "_history",
-        "_chunk_writer",
         "_fast",
+        "_history",
         "_live",
         "_paused",
         "_queue",
