@@ -9,7 +9,7 @@ from twisted.application.service import IService
 from twisted.python import usage
 from twisted.web.server import Site
 
-from .app import make_app
+from .app import make_resource
 from .broker import SSEBroker
 from .paths import normalise_path
 from .resource import DEFAULT_MAX_BODY
@@ -176,7 +176,7 @@ def makeService(options: Options) -> IService:
         history=options["history"],
         history_ttl=options["history-ttl"],
     )
-    app = make_app(
+    root = make_resource(
         broker,
         path=options["path"],
         publish_path=options["publish-path"],
@@ -185,7 +185,7 @@ def makeService(options: Options) -> IService:
         max_body=options["max-body"],
         demo=not options["no-demo"],
     )
-    site = Site(app.resource())
+    site = Site(root)
     site.displayTracebacks = False
     banner = (
         f"; stream at {normalise_path(options['path'])}, publish at "

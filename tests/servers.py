@@ -9,11 +9,11 @@ import http.client
 import json
 import os
 import re
-import select
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -24,7 +24,10 @@ _PORT = re.compile(r"listening on (?:IPv4Address\(.*?port=)?(\d+)")
 
 
 class Process:
-    """A subprocess whose output we read line by line, with deadlines."""
+    """
+    A subprocess whose output a thread collects line by line (so a chatty
+    process never blocks on a full pipe), waited on with deadlines.
+    """
 
     def __init__(
         self, argv: list[str], *, env: dict[str, str] | None = None, cwd: Path | None = None
@@ -38,51 +41,55 @@ class Process:
             env={**os.environ, **(env or {})},
         )
         self.lines: list[str] = []
-        self._buf = b""
+        self._changed = threading.Condition()
+        self._eof = False
+        self._reader = threading.Thread(target=self._collect, daemon=True)
+        self._reader.start()
+
+    def _collect(self) -> None:
+        assert self.proc.stdout is not None
+        for raw in self.proc.stdout:
+            with self._changed:
+                self.lines.append(raw.decode("utf-8", "replace").rstrip("\n"))
+                self._changed.notify_all()
+        with self._changed:
+            self._eof = True
+            self._changed.notify_all()
 
     @property
     def pid(self) -> int:
         return self.proc.pid
 
     def read_until(self, pattern: str | re.Pattern[str], timeout: float = 15.0) -> re.Match[str]:
-        """Read output until a line matches, or fail after `timeout` seconds."""
+        """Wait for an output line that matches, or fail after `timeout` seconds."""
         regex = re.compile(pattern) if isinstance(pattern, str) else pattern
-        for line in self.lines:
-            m = regex.search(line)
-            if m:
-                return m
         deadline = time.monotonic() + timeout
-        assert self.proc.stdout is not None
-        fd = self.proc.stdout.fileno()
-        while True:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise TimeoutError(f"no line matching {regex.pattern!r}; output:\n" + self.output())
-            ready, _, _ = select.select([fd], [], [], left)
-            if not ready:
-                continue
-            chunk = os.read(fd, 65536)
-            if not chunk:
-                raise RuntimeError(
-                    f"process exited ({self.proc.wait()}); output:\n" + self.output()
-                )
-            self._buf += chunk
-            *complete, self._buf = self._buf.split(b"\n")
-            for raw in complete:
-                line = raw.decode("utf-8", "replace")
-                self.lines.append(line)
-                m = regex.search(line)
-                if m:
-                    return m
+        seen = 0
+        with self._changed:
+            while True:
+                for line in self.lines[seen:]:
+                    m = regex.search(line)
+                    if m:
+                        return m
+                seen = len(self.lines)
+                if self._eof:
+                    raise RuntimeError(
+                        f"process exited ({self.proc.wait()}); output:\n" + self.output()
+                    )
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise TimeoutError(
+                        f"no line matching {regex.pattern!r}; output:\n" + self.output()
+                    )
+                self._changed.wait(left)
 
     def output(self) -> str:
-        return "\n".join(self.lines) + self._buf.decode("utf-8", "replace")
+        return "\n".join(self.lines)
 
     def drain_output(self) -> str:
-        """Read whatever is left after the process ended."""
-        assert self.proc.stdout is not None
-        rest = self.proc.stdout.read() or b""
-        self._buf += rest
+        """All output, once the process has ended."""
+        self.proc.wait(15)
+        self._reader.join(15)
         return self.output()
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 15.0) -> int:
