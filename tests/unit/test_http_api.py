@@ -8,7 +8,7 @@ import pytest
 from twisted.internet.task import Clock
 
 from sse_twisted import SSEBroker
-from sse_twisted.app import make_app
+from sse_twisted.app import make_app, make_resource
 
 from .support import Conn, make_site
 
@@ -17,7 +17,7 @@ JSON = {b"content-type": b"application/json"}
 
 def setup(clock: Clock, **kwargs: object) -> tuple[SSEBroker, object]:
     broker = SSEBroker(reactor=clock, id_prefix="t")
-    return broker, make_site(make_app(broker, **kwargs).resource(), clock)  # type: ignore[arg-type]
+    return broker, make_site(make_resource(broker, **kwargs), clock)
 
 
 def post(site: object, body: object, *, raw: bytes | None = None, headers=None, **kw) -> Conn:  # type: ignore[no-untyped-def]
@@ -224,3 +224,30 @@ def test_custom_paths(clock: Clock) -> None:
     assert r.json() == {"id": "t-1", "clients": 1}
     assert Conn(site, b"/hz").json()["status"] == "ok"
     assert Conn(site, b"/events").status == 404
+
+
+def test_klein_app_serves_the_same_api(clock: Clock) -> None:
+    """make_app (for embedding in Klein) serves the stream, publish and health too."""
+    broker = SSEBroker(reactor=clock, id_prefix="t")
+    site = make_site(make_app(broker).resource(), clock)
+    sub = Conn(site, b"/events/?channel=c")
+    assert post(site, {"channel": "c", "data": 1}).json() == {"id": "t-1", "clients": 1}
+    assert [e.data for e in sub.events()] == ["1"]
+    assert Conn(site, b"/health").json()["clients"] == 1
+
+
+def test_stream_path_with_trailing_slash(clock: Clock) -> None:
+    """The stream answers on its path with or without a trailing slash."""
+    broker, site = setup(clock)
+    Conn(site, b"/events/")
+    assert broker.client_count() == 1
+
+
+def test_demo_page(clock: Clock) -> None:
+    """GET / serves the demo page unless turned off."""
+    _, site = setup(clock)
+    page = Conn(site, b"/")
+    assert page.status == 200 and page.header(b"content-type") == b"text/html; charset=utf-8"
+    assert b"EventSource" in page.head_and_body()[1]
+    _, site = setup(clock, demo=False)
+    assert Conn(site, b"/").status == 404
