@@ -12,6 +12,7 @@ from twisted.web.server import Request
 from werkzeug.exceptions import NotFound
 
 from .broker import SSEBroker
+from .metrics import MetricsResource, metrics_registry
 from .paths import normalise_path
 from .resource import (
     DEFAULT_MAX_BODY,
@@ -36,6 +37,7 @@ def make_app(
     publish_token: str | None = None,
     max_body: int = DEFAULT_MAX_BODY,
     demo: bool = True,
+    metrics_path: str | None = "/metrics",
 ) -> Klein:
     """
     A Klein app serving the stream, publishing and health on their paths.
@@ -62,6 +64,13 @@ def make_app(
     @app.route(normalise_path(health_path, "/health"), strict_slashes=False)
     def health_check(request: Request) -> Any:
         return health
+
+    if metrics_path:
+        metrics = MetricsResource(metrics_registry(broker, publish.statuses))
+
+        @app.route(normalise_path(metrics_path, "/metrics"), strict_slashes=False)
+        def metrics_page(request: Request) -> Any:
+            return metrics
 
     if demo:
         page = PageResource(DEMO_PAGE.read_bytes(), b"text/html; charset=utf-8")

@@ -183,8 +183,15 @@ class PublishResource(Resource):
         self.broker = broker
         self._token = token.encode("utf-8") if token else None
         self.max_body = max_body
+        #: Answers given, by status (for metrics; a handful of keys at most).
+        self.statuses: dict[int, int] = {}
 
     def render(self, request: Request) -> bytes:
+        body = self._render(request)
+        self.statuses[request.code] = self.statuses.get(request.code, 0) + 1
+        return body
+
+    def _render(self, request: Request) -> bytes:
         try:
             if request.method != b"POST":
                 raise _method_not_allowed(b"POST")

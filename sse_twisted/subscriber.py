@@ -38,6 +38,9 @@ OVERFLOW_POLICIES: tuple[Overflow, ...] = ("drop", "disconnect", "catchup")
 DROPPED_EVENT = "sse.dropped"
 #: Name of the event that tells a resuming client its last id is unknown.
 RESET_EVENT = "sse.reset"
+#: Outcomes of L{Subscriber.send}.
+DELIVERED, SKIPPED, REMOVE = 1, 0, -1
+
 #: Events fetched from the history per step while catching up.
 CATCHUP_BATCH = 64
 
@@ -157,45 +160,51 @@ class Subscriber:
         """How many events wait in the queue."""
         return len(self._queue) if self._queue is not None else 0
 
-    def send(self, event: Event) -> bool:
+    def send(self, event: Event) -> int:
         """
         Write, queue, or (while catching up) leave to the history one event.
 
-        @return: L{False} if the subscriber must be removed (its queue
-            overflowed under the C{disconnect} policy), else L{True}.
+        @return: L{DELIVERED} (written or queued), L{SKIPPED} (dropped, or
+            left to the history), or L{REMOVE} (the queue overflowed under
+            the C{disconnect} policy: the broker must forget this subscriber).
         """
         if self._live:
             self._write(event.frame)
-            return True
+            return DELIVERED
         if self._cursor is not None:
-            return True
+            return SKIPPED
         queue = self._queue
         if queue is None:
             queue = self._queue = deque()
         if len(queue) < self.queue_size:
             queue.append(event)
-            return True
+            return DELIVERED
         return self._overflowed(queue)
 
-    def send_unqueued(self, data: bytes) -> None:
+    def send_unqueued(self, data: bytes) -> bool:
         """Write C{data} only if the client is reading (heartbeats: never queued)."""
-        if not self._paused:
-            self._write(data)
+        if self._paused:
+            return False
+        self._write(data)
+        return True
 
-    def _overflowed(self, queue: deque[Event]) -> bool:
-        self._broker._count_drop()
+    def _overflowed(self, queue: deque[Event]) -> int:
+        broker = self._broker
         if self.overflow == "catchup" and self._history is not None:
+            broker.catchups += 1
             # Keep what is queued; everything after it comes from the history.
             self._cursor = queue[-1].id
-            return True
+            return SKIPPED
         if self.overflow == "disconnect":
+            broker.slow_disconnects += 1
             self.log.warn(
                 "Slow SSE client {peer} disconnected: its queue of {size} events is full",
                 peer=self._peer(),
                 size=self.queue_size,
             )
             self.abort()
-            return False
+            return REMOVE
+        broker.dropped += 1
         if self.dropped == 0:
             self.log.warn(
                 "Slow SSE client {peer}: queue of {size} events full, dropping events",
@@ -203,7 +212,7 @@ class Subscriber:
                 size=self.queue_size,
             )
         self.dropped += 1
-        return True
+        return SKIPPED
 
     def _peer(self) -> str:
         try:
@@ -280,7 +289,7 @@ class Subscriber:
         )
         if batch is None:
             self._cursor = None
-            self._broker._count_reset()
+            self._broker.resets += 1
             self._write(reset_notice(cursor))
             return
         if not batch:
@@ -289,7 +298,7 @@ class Subscriber:
         write = self._write
         for event in batch:
             write(event.frame)
-            self._broker._count_replayed()
+            self._broker.replayed += 1
             self._cursor = event.id
             if self._paused:
                 return

@@ -66,6 +66,7 @@ class Options(usage.Options):
 
     optFlags = [
         ["no-demo", None, "Do not serve the demo page at /."],
+        ["no-metrics", None, "Do not serve Prometheus metrics."],
     ]
 
     optParameters = [
@@ -80,6 +81,7 @@ class Options(usage.Options):
         ["path", None, "/events", "URL path of the event stream."],
         ["publish-path", None, "/publish", "URL path for publishing (POST)."],
         ["health-path", None, "/health", "URL path of the health check."],
+        ["metrics-path", None, "/metrics", "URL path of the Prometheus metrics."],
         [
             "publish-token",
             None,
@@ -157,13 +159,17 @@ class Options(usage.Options):
             raise usage.UsageError("--queue-size must be at least 1")
         if self["publish-token"] is None:
             self["publish-token"] = os.environ.get("SSE_PUBLISH_TOKEN") or None
-        paths = {
+        paths = [
             normalise_path(self["path"]),
             normalise_path(self["publish-path"], "/publish"),
             normalise_path(self["health-path"], "/health"),
-        }
-        if len(paths) != 3:
-            raise usage.UsageError("--path, --publish-path and --health-path must differ")
+        ]
+        if not self["no-metrics"]:
+            paths.append(normalise_path(self["metrics-path"], "/metrics"))
+        if len(set(paths)) != len(paths):
+            raise usage.UsageError(
+                "--path, --publish-path, --health-path and --metrics-path must differ"
+            )
 
 
 def makeService(options: Options) -> IService:
@@ -184,6 +190,7 @@ def makeService(options: Options) -> IService:
         publish_token=options["publish-token"],
         max_body=options["max-body"],
         demo=not options["no-demo"],
+        metrics_path=None if options["no-metrics"] else options["metrics-path"],
     )
     site = Site(root)
     site.displayTracebacks = False

@@ -251,3 +251,52 @@ def test_demo_page(clock: Clock) -> None:
     assert b"EventSource" in page.head_and_body()[1]
     _, site = setup(clock, demo=False)
     assert Conn(site, b"/").status == 404
+
+
+def test_metrics(clock: Clock) -> None:
+    """GET /metrics exposes the broker's counters in the Prometheus text format."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    broker = SSEBroker(reactor=clock, id_prefix="t", queue_size=1, heartbeat=5)
+    site = make_site(make_resource(broker), clock)
+    slow, fast = Conn(site), Conn(site)
+    slow.pause()
+    for n in range(3):
+        post(site, {"channel": "c", "data": n})
+    post(site, {"channel": "c"})  # a 400
+    clock.advance(5)  # one heartbeat, to the reading client only
+    resumed = Conn(site, b"/events", headers={b"Last-Event-ID": b"t-1"})
+    page = Conn(site, b"/metrics")
+    assert page.status == 200
+    assert page.header(b"content-type").startswith(b"text/plain")  # type: ignore[union-attr]
+    body = page.head_and_body()[1]
+    if page.header(b"transfer-encoding") == b"chunked":
+        from .support import dechunk
+
+        body = dechunk(body)[0]
+    values = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(body.decode())
+        for s in family.samples
+    }
+    assert values[("sse_subscribers", ())] == 3
+    assert values[("sse_events_published_total", ())] == 3
+    assert values[("sse_events_delivered_total", ())] == 4  # 3 to fast, 1 queued for slow
+    assert values[("sse_events_dropped_total", (("reason", "queue_full"),))] == 2
+    assert values[("sse_events_dropped_total", (("reason", "slow_disconnect"),))] == 0
+    assert values[("sse_publish_requests_total", (("status", "200"),))] == 3
+    assert values[("sse_publish_requests_total", (("status", "400"),))] == 1
+    assert values[("sse_heartbeats_total", ())] == 1
+    assert values[("sse_events_replayed_total", ())] == 2
+    assert values[("sse_history_events", ())] == 3
+    assert values[("sse_bytes_sent_total", ())] > 0
+    assert ("process_resident_memory_bytes", ()) in values
+    assert len(resumed.events()) == 2
+    for channel in ("c", "t-1"):  # no label carries a user-chosen value
+        assert f'"{channel}"'.encode() not in body
+
+
+def test_metrics_off(clock: Clock) -> None:
+    """metrics_path=None serves no metrics."""
+    _, site = setup(clock, metrics_path=None)
+    assert Conn(site, b"/metrics").status == 404

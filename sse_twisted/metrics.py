@@ -1,0 +1,102 @@
+"""
+Prometheus metrics for a broker, through prometheus-client.
+
+A collector reads the broker's plain integer counters at scrape time, so
+publishing pays nothing for metrics. No label takes values that users
+choose (no channel or client labels): cardinality is fixed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.process_collector import ProcessCollector
+from twisted.web.resource import Resource
+from twisted.web.server import Request
+
+from .broker import SSEBroker
+
+__all__ = ["BrokerCollector", "MetricsResource", "metrics_registry"]
+
+
+class BrokerCollector:
+    """Exposes an L{SSEBroker}'s counters (and publish answers by status)."""
+
+    def __init__(self, broker: SSEBroker, publish_statuses: Mapping[int, int] | None = None):
+        self.broker = broker
+        self.publish_statuses = publish_statuses if publish_statuses is not None else {}
+
+    def describe(self) -> list[Any]:
+        return []
+
+    def collect(self) -> Iterator[Any]:
+        b = self.broker
+        yield GaugeMetricFamily("sse_subscribers", "Open event streams.", value=b.client_count())
+        for name, help_text, value in [
+            ("sse_events_published", "Events published.", b.published),
+            (
+                "sse_events_delivered",
+                "Events handed to subscribers (written or queued).",
+                b.delivered,
+            ),
+            ("sse_events_replayed", "Events replayed from the history.", b.replayed),
+            ("sse_resets", "sse.reset signals sent for unknown Last-Event-IDs.", b.resets),
+            ("sse_heartbeats", "Heartbeat comments written.", b.heartbeats),
+            ("sse_bytes_sent", "Event bytes handed to subscribers.", b.bytes_sent),
+            (
+                "sse_catchups",
+                "Queue overflows turned into a catch-up from the history.",
+                b.catchups,
+            ),
+        ]:
+            yield CounterMetricFamily(name, help_text, value=value)
+        dropped = CounterMetricFamily(
+            "sse_events_dropped", "Events a slow subscriber lost, by reason.", labels=["reason"]
+        )
+        dropped.add_metric(["queue_full"], b.dropped)
+        dropped.add_metric(["slow_disconnect"], b.slow_disconnects)
+        yield dropped
+        requests = CounterMetricFamily(
+            "sse_publish_requests", "Publish requests answered, by HTTP status.", labels=["status"]
+        )
+        for status, count in sorted(self.publish_statuses.items()):
+            requests.add_metric([str(status)], count)
+        yield requests
+        history = b.history
+        yield GaugeMetricFamily(
+            "sse_history_events",
+            "Events held for resuming clients.",
+            value=len(history) if history is not None else 0,
+        )
+
+
+def metrics_registry(
+    broker: SSEBroker, publish_statuses: Mapping[int, int] | None = None
+) -> CollectorRegistry:
+    """A registry of its own (so several brokers never clash): broker and process metrics."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(BrokerCollector(broker, publish_statuses))  # type: ignore[arg-type]
+    ProcessCollector(registry=registry)
+    return registry
+
+
+class MetricsResource(Resource):
+    """GET answers the Prometheus text format."""
+
+    isLeaf = True
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        super().__init__()
+        self.registry = registry
+
+    def render(self, request: Request) -> bytes:
+        from .resource import _error, _method_not_allowed
+
+        if request.method not in (b"GET", b"HEAD"):
+            return _error(request, _method_not_allowed(b"GET, HEAD"))
+        request.responseHeaders.setRawHeaders(b"content-type", [CONTENT_TYPE_LATEST.encode()])
+        return generate_latest(self.registry)
