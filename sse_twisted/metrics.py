@@ -79,7 +79,7 @@ def metrics_registry(
 ) -> CollectorRegistry:
     """A registry of its own (so several brokers never clash): broker and process metrics."""
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(BrokerCollector(broker, publish_statuses))  # type: ignore[arg-type]
+    registry.register(BrokerCollector(broker, publish_statuses))
     ProcessCollector(registry=registry)
     return registry
 

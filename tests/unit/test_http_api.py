@@ -259,7 +259,7 @@ def test_metrics(clock: Clock) -> None:
 
     broker = SSEBroker(reactor=clock, id_prefix="t", queue_size=1, heartbeat=5)
     site = make_site(make_resource(broker), clock)
-    slow, fast = Conn(site), Conn(site)
+    slow, _fast = Conn(site), Conn(site)
     slow.pause()
     for n in range(3):
         post(site, {"channel": "c", "data": n})
