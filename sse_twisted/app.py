@@ -11,7 +11,10 @@ from twisted.web.resource import IResource, Resource
 from twisted.web.server import Request
 from werkzeug.exceptions import NotFound
 
+from .auth import JWTAuth
 from .broker import SSEBroker
+from .cors import CORSPolicy
+from .limits import RateLimiter, SubscriberLimits
 from .metrics import MetricsResource, metrics_registry
 from .paths import normalise_path
 from .resource import (
@@ -19,6 +22,7 @@ from .resource import (
     HealthResource,
     PageResource,
     PublishResource,
+    StreamResource,
     json_response,
 )
 
@@ -38,6 +42,10 @@ def make_app(
     max_body: int = DEFAULT_MAX_BODY,
     demo: bool = True,
     metrics_path: str | None = "/metrics",
+    cors: CORSPolicy | None = None,
+    limits: SubscriberLimits | None = None,
+    auth: JWTAuth | None = None,
+    publish_rate: RateLimiter | None = None,
 ) -> Klein:
     """
     A Klein app serving the stream, publishing and health on their paths.
@@ -46,11 +54,20 @@ def make_app(
     resources serve embedded apps; Klein renders a returned resource as the
     response (and never finishes a stream early, as it would a route that
     returned C{NOT_DONE_YET}).
+
+    C{cors}, C{limits}, C{auth} and C{publish_rate} configure the production
+    features (all off by default); with C{auth}, the broker learns which
+    channels are private.
     """
     app = Klein()
-    stream = broker.resource()
-    publish = PublishResource(broker, token=publish_token, max_body=max_body)
+    stream = StreamResource(broker, cors=cors, limits=limits, auth=auth)
+    publish = PublishResource(
+        broker, token=publish_token, max_body=max_body, auth=auth, rate=publish_rate, cors=cors
+    )
     health = HealthResource(broker)
+    if auth is not None and auth.private_patterns:
+        broker.private = auth.is_private
+    app.stream_resource = stream  # type: ignore[attr-defined]  # for make_resource
 
     # Named functions: Klein keys routes by their endpoint function's name.
     @app.route(normalise_path(path), strict_slashes=False)
@@ -118,4 +135,4 @@ def make_resource(broker: SSEBroker, **kwargs: Any) -> IResource:
     """The standalone server's root resource: L{make_app}'s routes, streams first."""
     app = make_app(broker, **kwargs)
     path = normalise_path(kwargs.get("path"))
-    return _StreamFirst(path, broker.resource(), app.resource())
+    return _StreamFirst(path, app.stream_resource, app.resource())  # type: ignore[attr-defined]

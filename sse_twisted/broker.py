@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 import random
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import Future
 from typing import Any
 
@@ -96,6 +96,9 @@ class SSEBroker:
         if overflow == "catchup" and history is None:
             raise ValueError("overflow='catchup' needs a history to catch up from")
         self.history: IHistory | None = history
+        #: Says which channels are private: subscribers of every channel never
+        #: receive those (set by the auth configuration).
+        self.private: Callable[[str], bool] | None = None
         self.queue_size = queue_size
         self.overflow: Overflow = overflow
         self.heartbeat_interval = heartbeat
@@ -161,12 +164,9 @@ class SSEBroker:
             C{sse.reset} event instead, then the live stream.
         @return: C{NOT_DONE_YET}, for a resource's C{render} to return.
         """
-        _set_stream_headers(request)
         if self._draining:
-            # 200 and a retry hint: any other status makes EventSource give up.
-            request.write(b": draining, reconnect later\nretry: %d\n\n" % self._jittered_retry())
-            request.finish()
-            return NOT_DONE_YET
+            return self.turn_away(request, "draining, reconnect later")
+        _set_stream_headers(request)
         wanted = frozenset(channels) if channels else None
         sub = Subscriber(self, request, wanted, self.queue_size, self.overflow, self.history)
         self._add(sub)
@@ -181,6 +181,20 @@ class SSEBroker:
             peer=request.getClientAddress(),
             channels=sorted(wanted) if wanted else "all channels",
         )
+        return NOT_DONE_YET
+
+    def turn_away(self, request: Request, reason: str) -> int:
+        """
+        Answer C{request} with a stream that says why (a comment), asks the
+        client to come back after a jittered C{retry:}, and ends.
+
+        A 200 event stream, because EventSource gives up for good on any
+        other status, while an ended stream makes it reconnect later.
+        """
+        _set_stream_headers(request)
+        comment = reason.replace("\r", " ").replace("\n", " ").encode("utf-8")
+        request.write(b": %s\nretry: %d\n\n" % (comment, self._jittered_retry()))
+        request.finish()
         return NOT_DONE_YET
 
     def _add(self, sub: Subscriber) -> None:
@@ -344,7 +358,9 @@ class SSEBroker:
         chunk = b"%x\r\n%s\r\n" % (len(frame), frame)
         sent = 0
         failed: list[Subscriber] | None = None
-        for group in (self._all, self._by_channel.get(event.channel)):
+        private = self.private
+        everyone = None if private is not None and private(event.channel) else self._all
+        for group in (everyone, self._by_channel.get(event.channel)):
             if not group:
                 continue
             sent += len(group)

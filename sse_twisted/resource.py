@@ -7,17 +7,22 @@ nothing is published unless the whole request is valid.
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import ipaddress
 import json
+import math
 from typing import Any
 
 from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
 from twisted.web.resource import Resource
 from twisted.web.server import Request
 
+from .auth import Grant, InvalidToken, JWTAuth
 from .broker import SSEBroker
+from .cors import CORSPolicy
 from .event import validate_channel
+from .limits import RateLimiter, SubscriberLimits, peer_key
 
 __all__ = [
     "DEFAULT_MAX_BODY",
@@ -108,23 +113,96 @@ def _last_event_id(request: Request) -> str | None:
 
 
 class StreamResource(Resource):
-    """GET subscribes the request to its broker; other methods get 405."""
+    """
+    GET subscribes the request to its broker; other methods get 405.
+
+    @param cors: which other origins may read the stream.
+    @param limits: caps on streams (over them a client is turned away so
+        that EventSource retries later) and on channels per subscription.
+    @param auth: JWT checks for private channels.
+    """
 
     isLeaf = True
 
-    def __init__(self, broker: SSEBroker) -> None:
+    def __init__(
+        self,
+        broker: SSEBroker,
+        *,
+        cors: CORSPolicy | None = None,
+        limits: SubscriberLimits | None = None,
+        auth: JWTAuth | None = None,
+    ) -> None:
         super().__init__()
         self.broker = broker
+        self.cors = cors or None
+        self.limits = limits or None
+        self.auth = auth
 
     def render(self, request: Request) -> bytes | int:
+        if self.cors is not None:
+            if request.method == b"OPTIONS" and self.cors.preflight(request, b"GET"):
+                request.setResponseCode(204)
+                return b""
+            self.cors.apply(request)
         try:
             if request.method != b"GET":
                 raise _method_not_allowed(b"GET")
             channels = _query_channels(request)
+            limits = self.limits
+            if limits is not None and limits.max_channels and len(channels) > limits.max_channels:
+                raise HTTPError(
+                    400, f"at most {limits.max_channels} channels per subscription (--max-channels)"
+                )
             last_id = _last_event_id(request)
+            grant = self._authorise(request, channels)
         except HTTPError as e:
             return _error(request, e)
-        return self.broker.subscribe(request, channels, last_id)
+        if limits is not None:
+            refusal = limits.refusal(request)
+            if refusal is not None:
+                return self.broker.turn_away(request, refusal)
+        result = self.broker.subscribe(request, channels, last_id)
+        if not request.finished:
+            if limits is not None:
+                limits.track(request)
+            if grant is not None and grant.expires is not None:
+                self._close_at_expiry(request, grant.expires)
+        return result
+
+    def _authorise(self, request: Request, channels: list[str]) -> Grant | None:
+        auth = self.auth
+        if auth is None:
+            return None
+        private = [c for c in channels if auth.is_private(c)]
+        token = auth.token_from(request)
+        if token is None:
+            if private:
+                raise HTTPError(
+                    401, f"channel {private[0]!r} is private: a token is required", _BEARER
+                )
+            return None
+        try:
+            grant = auth.verify(token)
+        except InvalidToken as e:
+            raise HTTPError(401, f"invalid token: {e}", _BEARER) from None
+        for channel in private:
+            if not grant.may_subscribe(channel):
+                raise HTTPError(403, f"your token does not allow subscribing to {channel!r}")
+        return grant
+
+    def _close_at_expiry(self, request: Request, expires: float) -> None:
+        """End the stream when its token expires (the client must get a new one)."""
+        clock = self.broker.reactor
+        call = clock.callLater(max(0.0, expires - clock.seconds()), request.loseConnection)
+
+        def cancel(result: object) -> None:
+            if call.active():
+                call.cancel()
+
+        request.notifyFinish().addBoth(cancel)
+
+
+_BEARER = {b"www-authenticate": b'Bearer realm="sse"'}
 
 
 def _is_loopback(address: object) -> bool:
@@ -172,15 +250,29 @@ class PublishResource(Resource):
     @param token: when set, every request needs C{Authorization: Bearer
         <token>}; when L{None}, only loopback peers may publish.
     @param max_body: largest body accepted, in bytes.
+    @param auth: also accept JWTs whose C{publish} patterns cover every
+        channel of the request.
+    @param rate: a limit on publish requests per token (or per peer).
+    @param cors: which other origins may publish (and their preflights).
     """
 
     isLeaf = True
 
     def __init__(
-        self, broker: SSEBroker, token: str | None = None, max_body: int = DEFAULT_MAX_BODY
+        self,
+        broker: SSEBroker,
+        token: str | None = None,
+        max_body: int = DEFAULT_MAX_BODY,
+        *,
+        auth: JWTAuth | None = None,
+        rate: RateLimiter | None = None,
+        cors: CORSPolicy | None = None,
     ) -> None:
         super().__init__()
         self.broker = broker
+        self.auth = auth
+        self.rate = rate
+        self.cors = cors or None
         self._token = token.encode("utf-8") if token else None
         self.max_body = max_body
         #: Answers given, by status (for metrics; a handful of keys at most).
@@ -192,28 +284,61 @@ class PublishResource(Resource):
         return body
 
     def _render(self, request: Request) -> bytes:
+        if self.cors is not None:
+            if request.method == b"OPTIONS" and self.cors.preflight(request, b"POST, OPTIONS"):
+                request.setResponseCode(204)
+                return b""
+            self.cors.apply(request)
         try:
             if request.method != b"POST":
                 raise _method_not_allowed(b"POST")
-            self._authorise(request)
+            grant = self._authorise(request)
+            if self.rate is not None:
+                self._limit_rate(request)
             if self.broker.draining:
                 raise HTTPError(503, "server is draining; publish to another node")
             body = self._read_json(request)
-            answer = self._publish(body)
+            answer = self._publish(body, grant)
         except HTTPError as e:
             return _error(request, e)
         return json_response(request, 200, answer)
 
-    def _authorise(self, request: Request) -> None:
-        if self._token is None:
-            if not _is_loopback(request.getClientAddress()):
-                raise HTTPError(403, "publishing without a token is allowed from loopback only")
-            return
+    def _authorise(self, request: Request) -> Grant | None:
+        """
+        The static token allows everything; a JWT allows its C{publish}
+        channels (checked per item); with neither configured nor presented,
+        only loopback peers may publish.
+
+        @return: the JWT's grant when one was used, else L{None}.
+        """
         header = request.getHeader(b"authorization") or b""
         scheme, _, given = header.partition(b" ")
-        if scheme.lower() != b"bearer" or not hmac.compare_digest(given.strip(), self._token):
+        given = given.strip() if scheme.lower() == b"bearer" else b""
+        if self._token is not None and given and hmac.compare_digest(given, self._token):
+            return None
+        if self.auth is not None:
+            token = self.auth.token_from(request, query=False)
+            if token is not None:
+                try:
+                    return self.auth.verify(token)
+                except InvalidToken as e:
+                    raise HTTPError(401, f"invalid token: {e}", _BEARER) from None
+        if self._token is not None or given:
+            raise HTTPError(401, "missing or wrong bearer token", _BEARER)
+        if not _is_loopback(request.getClientAddress()):
+            raise HTTPError(403, "publishing without a token is allowed from loopback only")
+        return None
+
+    def _limit_rate(self, request: Request) -> None:
+        assert self.rate is not None
+        header = request.getHeader(b"authorization")
+        key = "t:" + hashlib.sha256(header).hexdigest() if header else "p:" + peer_key(request)
+        wait = self.rate.allow(key)
+        if wait:
             raise HTTPError(
-                401, "missing or wrong bearer token", {b"www-authenticate": b'Bearer realm="sse"'}
+                429,
+                f"too many publish requests; retry in {wait:.2f}s",
+                {b"retry-after": b"%d" % max(1, math.ceil(wait))},
             )
 
     def _read_json(self, request: Request) -> Any:
@@ -233,11 +358,16 @@ class PublishResource(Resource):
             # ValueError covers bad JSON, bad UTF-8 and over-long integers.
             raise HTTPError(400, f"body is not valid JSON: {str(e)[:200]}") from None
 
-    def _publish(self, body: Any) -> Any:
+    def _publish(self, body: Any, grant: Grant | None) -> Any:
         batch = isinstance(body, list)
         items = body if batch else [body]
         for n, item in enumerate(items):
-            _parse_item(item, f"item {n}: " if batch else "")
+            where = f"item {n}: " if batch else ""
+            _parse_item(item, where)
+            if grant is not None and not grant.may_publish(item["channel"]):
+                raise HTTPError(
+                    403, f"{where}your token does not allow publishing to {item['channel']!r}"
+                )
         try:
             events = self.broker.prepare_many(items)
         except (TypeError, ValueError) as e:

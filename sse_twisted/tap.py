@@ -7,13 +7,16 @@ from typing import Any
 
 from twisted.application.service import IService
 from twisted.python import usage
-from twisted.web.server import Site
 
 from .app import make_resource
+from .auth import JWTAuth
 from .broker import SSEBroker
+from .cors import CORSPolicy
+from .limits import RateLimiter, SubscriberLimits
 from .paths import normalise_path
 from .resource import DEFAULT_MAX_BODY
 from .service import SSEService
+from .site import SSESite
 from .subscriber import OVERFLOW_POLICIES
 
 __all__ = ["Options", "makeService"]
@@ -139,6 +142,57 @@ class Options(usage.Options):
             _positive_int("retry"),
         ],
         [
+            "header-timeout",
+            None,
+            10.0,
+            "Seconds a client has to send its request headers (slowloris guard); 0: no limit.",
+            _seconds("header-timeout"),
+        ],
+        [
+            "max-clients",
+            None,
+            0,
+            "Most open streams; beyond it a subscriber is told to retry later. 0: no limit.",
+            _positive_int("max-clients"),
+        ],
+        [
+            "max-clients-per-ip",
+            None,
+            0,
+            "Most open streams per peer address. 0: no limit.",
+            _positive_int("max-clients-per-ip"),
+        ],
+        [
+            "max-channels",
+            None,
+            0,
+            "Most channels in one subscription (more: 400). 0: no limit.",
+            _positive_int("max-channels"),
+        ],
+        [
+            "publish-rate",
+            None,
+            0.0,
+            "Publish requests per second allowed per token (or per peer without one); "
+            "more get 429. 0: no limit.",
+            _seconds("publish-rate"),
+        ],
+        [
+            "publish-burst",
+            None,
+            0,
+            "Requests a publisher may send at once above --publish-rate (default: the rate).",
+            _positive_int("publish-burst"),
+        ],
+        ["jwt-secret", None, None, "Verify subscriber/publisher JWTs with this HS256 secret."],
+        [
+            "jwt-public-key",
+            None,
+            None,
+            "Verify JWTs (RS256/ES256) with the PEM public key in this file.",
+        ],
+        ["jwt-cookie", None, None, "Also read the JWT from this cookie."],
+        [
             "drain-timeout",
             None,
             5.0,
@@ -146,6 +200,19 @@ class Options(usage.Options):
             _seconds("drain-timeout"),
         ],
     ]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self["cors-origin"] = []
+        self["private-channel"] = []
+
+    def opt_cors_origin(self, origin: str) -> None:
+        """Let this origin (or *) read the stream and publish; repeatable."""
+        self["cors-origin"].append(origin)
+
+    def opt_private_channel(self, pattern: str) -> None:
+        """Channels matching this glob need a JWT to subscribe; repeatable."""
+        self["private-channel"].append(pattern)
 
     def postOptions(self) -> None:
         if self["overflow"] not in OVERFLOW_POLICIES:
@@ -157,6 +224,16 @@ class Options(usage.Options):
             raise usage.UsageError("--overflow catchup needs a history (--history N, N > 0)")
         if self["queue-size"] < 1:
             raise usage.UsageError("--queue-size must be at least 1")
+        if self["jwt-secret"] and self["jwt-public-key"]:
+            raise usage.UsageError("give --jwt-secret or --jwt-public-key, not both")
+        if self["private-channel"] and not (self["jwt-secret"] or self["jwt-public-key"]):
+            raise usage.UsageError("--private-channel needs --jwt-secret or --jwt-public-key")
+        if self["jwt-public-key"]:
+            try:
+                with open(self["jwt-public-key"], "rb") as f:
+                    self["jwt-public-key-pem"] = f.read()
+            except OSError as e:
+                raise usage.UsageError(f"cannot read --jwt-public-key: {e}") from None
         if self["publish-token"] is None:
             self["publish-token"] = os.environ.get("SSE_PUBLISH_TOKEN") or None
         paths = [
@@ -182,6 +259,19 @@ def makeService(options: Options) -> IService:
         history=options["history"],
         history_ttl=options["history-ttl"],
     )
+    auth = None
+    if options["jwt-secret"] or options["jwt-public-key"]:
+        auth = JWTAuth(
+            secret=options["jwt-secret"],
+            public_key=options.get("jwt-public-key-pem"),
+            cookie=options["jwt-cookie"],
+            private=options["private-channel"],
+        )
+    rate = (
+        RateLimiter(options["publish-rate"], options["publish-burst"] or None)
+        if options["publish-rate"]
+        else None
+    )
     root = make_resource(
         broker,
         path=options["path"],
@@ -191,8 +281,14 @@ def makeService(options: Options) -> IService:
         max_body=options["max-body"],
         demo=not options["no-demo"],
         metrics_path=None if options["no-metrics"] else options["metrics-path"],
+        cors=CORSPolicy(options["cors-origin"]) if options["cors-origin"] else None,
+        limits=SubscriberLimits(
+            options["max-clients"], options["max-clients-per-ip"], options["max-channels"]
+        ),
+        auth=auth,
+        publish_rate=rate,
     )
-    site = Site(root)
+    site = SSESite(root, header_timeout=options["header-timeout"])
     site.displayTracebacks = False
     banner = (
         f"; stream at {normalise_path(options['path'])}, publish at "

@@ -1,0 +1,123 @@
+"""
+JWT authorisation of subscribers and publishers, through PyJWT.
+
+A token's claim C{"sse": {"subscribe": [patterns], "publish": [patterns]}}
+lists the channels its holder may subscribe and publish to (glob patterns,
+C{"*"} for all); C{exp} is enforced. Only channels named private need a
+token to subscribe; publishing needs a token (or the static publish token)
+from anywhere but loopback.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from fnmatch import fnmatchcase
+from functools import lru_cache
+from typing import Any
+
+import jwt
+from twisted.web.server import Request
+
+__all__ = ["Grant", "InvalidToken", "JWTAuth"]
+
+
+class InvalidToken(Exception):
+    """The token is malformed, badly signed, expired, or otherwise unusable."""
+
+
+@dataclass(frozen=True, slots=True)
+class Grant:
+    """What a valid token allows, and until when."""
+
+    subscribe: tuple[str, ...]
+    publish: tuple[str, ...]
+    expires: float | None
+
+    def may_subscribe(self, channel: str) -> bool:
+        return any(fnmatchcase(channel, p) for p in self.subscribe)
+
+    def may_publish(self, channel: str) -> bool:
+        return any(fnmatchcase(channel, p) for p in self.publish)
+
+
+def _patterns(value: Any) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    if isinstance(value, str):
+        return (value,)
+    if isinstance(value, list) and all(isinstance(v, str) for v in value):
+        return tuple(value)
+    raise InvalidToken("the sse claim's subscribe/publish must be lists of channel patterns")
+
+
+class JWTAuth:
+    """
+    Verifies tokens (HS256 with C{secret}, or RS256/ES256 with C{public_key})
+    and decides who may subscribe to which channels.
+
+    @param cookie: also take a token from this cookie (EventSource cannot
+        set headers; same-site pages can rely on a cookie).
+    @param private: glob patterns of channels that need a token to subscribe.
+    """
+
+    def __init__(
+        self,
+        *,
+        secret: str | None = None,
+        public_key: str | bytes | None = None,
+        cookie: str | None = None,
+        private: Iterable[str] = (),
+        leeway: float = 0,
+    ) -> None:
+        if (secret is None) == (public_key is None):
+            raise ValueError("give exactly one of secret (HS256) or public_key (RS256/ES256)")
+        self._key: Any = secret if secret is not None else public_key
+        self.algorithms = ["HS256"] if secret is not None else ["RS256", "ES256"]
+        self.cookie = cookie.encode() if cookie else None
+        self.private_patterns = tuple(private)
+        self.leeway = leeway
+        # Channel names are user input: cache, but boundedly.
+        self.is_private = lru_cache(maxsize=4096)(self._is_private)
+
+    def _is_private(self, channel: str) -> bool:
+        return any(fnmatchcase(channel, p) for p in self.private_patterns)
+
+    def token_from(self, request: Request, *, query: bool = True) -> str | None:
+        """The token from C{Authorization: Bearer}, C{?token=} or the cookie."""
+        header: bytes | None = request.getHeader(b"authorization")
+        if header:
+            scheme, _, value = header.partition(b" ")
+            if scheme.lower() == b"bearer" and value.strip():
+                return value.strip().decode("ascii", "replace")
+        if query and request.args:
+            values: list[bytes] | None = request.args.get(b"token")
+            if values and values[-1]:
+                return values[-1].decode("ascii", "replace")
+        if self.cookie is not None:
+            cookie: bytes | None = request.getCookie(self.cookie)
+            if cookie:
+                return cookie.decode("ascii", "replace")
+        return None
+
+    def verify(self, token: str) -> Grant:
+        """The grant a token carries. @raise InvalidToken: if it is not good."""
+        try:
+            claims = jwt.decode(
+                token,
+                self._key,
+                algorithms=self.algorithms,
+                leeway=self.leeway,
+                options={"require": []},
+            )
+        except jwt.PyJWTError as e:
+            raise InvalidToken(str(e)) from None
+        sse = claims.get("sse", {})
+        if not isinstance(sse, dict):
+            raise InvalidToken("the sse claim must be an object")
+        exp = claims.get("exp")
+        return Grant(
+            _patterns(sse.get("subscribe")),
+            _patterns(sse.get("publish")),
+            float(exp) if isinstance(exp, (int, float)) else None,
+        )

@@ -1,0 +1,778 @@
+"""
+Scale-out through Redis: one Redis Stream carries every node's events.
+
+Each node publishes by C{XADD}ing to the stream and delivers by reading it
+(C{XREAD BLOCK} on a connection of its own), so every node delivers every
+event exactly once, in the stream's one global order, including the node that
+published it: L{RedisBus.publish} does not dispatch locally. The stream is
+also the history: it is bounded with C{MAXLEN ~ history_size} (and
+C{XTRIM MINID ~ now - ttl} when a TTL is set), event ids I{are} the stream ids,
+and each node keeps a local mirror of the stream's tail (L{StreamHistory}) so
+that the broker's synchronous C{history.since()} answers a C{Last-Event-ID}
+from any node, after any node restarts.
+
+Faults: connecting, losing Redis and getting it back are one loop with
+capped, jittered backoff. The first failure of an outage logs one warning;
+the retries after it log at debug level. While Redis is away C{ready} is
+L{False} and L{RedisBus.publish} errbacks with L{RedisUnavailable}: an event is
+reported published only once Redis has stored it. On reconnect the reader
+continues from the last stream id it delivered, so events that reached Redis
+meanwhile are delivered. If Redis no longer holds that id (restarted empty,
+or the stream was trimmed past it during a long outage), the mirror is
+rebuilt from the stream, so resuming clients get the broker's unknown-id
+signal instead of a replay with a hole in it.
+
+Intentional divergences, and why:
+    - A publish that sets C{id} is refused (C{ValueError}), not silently
+      renumbered: with Redis the id is the stream id, chosen by Redis, and a
+      publisher that sets ids expects clients to see them.
+    - A publish whose reply is lost (connection dropped or no answer within
+      C{command_timeout}) errbacks although Redis may have stored it; a
+      publisher that retries can then publish twice. Reporting success for an
+      event that may not be stored would be worse.
+    - Continuity after a reconnect is judged by whether the stream still
+      holds the last id this node delivered, not by C{run_id} alone: a Redis
+      restarted with persistence keeps the stream, and its resuming clients
+      keep their place. A changed C{run_id} is logged.
+    - The TTL is applied by stream id time (Redis's clock when it created the
+      entry), in the mirror as in the stream, not by when this node saw it.
+    - txredisapi is imported lazily: importing it imports (and so installs)
+      the global reactor, which would break C{--reactor} choices made later.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from collections import deque
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from itertools import islice
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+from twisted.internet import defer
+from twisted.internet.defer import CancelledError, Deferred, fail, gatherResults, succeed
+from twisted.internet.interfaces import IAddress, IStreamClientEndpoint
+from twisted.internet.protocol import Factory
+from twisted.internet.task import deferLater
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from ._reactor import default_reactor
+from .event import Event
+
+__all__ = [
+    "RedisAddress",
+    "RedisBus",
+    "RedisCommandError",
+    "RedisUnavailable",
+    "StreamHistory",
+    "parse_redis_url",
+    "stream_id_key",
+]
+
+
+class RedisUnavailable(ConnectionError):
+    """Redis is not connected, or the connection failed before it answered."""
+
+
+class RedisCommandError(RuntimeError):
+    """Redis answered with an error (a wrong password, a key of another type...)."""
+
+
+# Stream ids
+
+
+def stream_id_key(stream_id: str) -> tuple[int, int]:
+    """
+    The sort key of a Redis stream id C{"<ms>-<seq>"}.
+
+    @raise ValueError: if C{stream_id} is not a full stream id.
+    """
+    ms, sep, seq = stream_id.partition("-")
+    if not sep or not ms.isdigit() or not seq.isdigit():
+        raise ValueError(f"not a Redis stream id (<ms>-<seq>): {stream_id!r}")
+    return int(ms), int(seq)
+
+
+class StreamHistory:
+    """
+    The local mirror of the stream's last entries: an L{IHistory} whose
+    lookups stay synchronous for the broker.
+
+    Entries are held in stream order; appending an event whose id is not newer
+    than the newest held is a no-op, so the reader and the broker's own
+    C{dispatch} may both append the same event. With C{ttl}, an entry is
+    forgotten C{ttl} seconds after the time in its stream id.
+
+    @param size: entries kept (the stream's C{MAXLEN}).
+    @param ttl: seconds; C{0} keeps entries until pushed out.
+    @param reactor: an C{IReactorTime} for the TTL; the global reactor when
+        L{None}.
+    """
+
+    def __init__(self, size: int = 1000, ttl: float = 0, reactor: Any = None) -> None:
+        if size < 1:
+            raise ValueError(f"history size must be at least 1, got {size}")
+        if ttl < 0:
+            raise ValueError(f"history ttl must be >= 0 seconds, got {ttl}")
+        self.size = size
+        self.ttl = ttl
+        self._reactor = reactor
+        self._seq = 0
+        # (sequence number, stream id key, event), oldest first.
+        self._ring: deque[tuple[int, tuple[int, int], Event]] = deque()
+        self._by_id: dict[str, int] = {}
+        self._newest: tuple[int, int] | None = None
+        self._newest_id: str | None = None
+
+    @property
+    def newest_id(self) -> str | None:
+        """The id of the newest event ever appended since the last L{clear}."""
+        return self._newest_id
+
+    def append(self, event: Event) -> None:
+        """
+        Remember C{event}, unless an event at least as new is already held.
+
+        @raise ValueError: if its id is not a Redis stream id.
+        """
+        if event.id is None:
+            raise ValueError("only events with stream ids can be held in a StreamHistory")
+        key = stream_id_key(event.id)
+        if self._newest is not None and key <= self._newest:
+            return
+        self._newest = key
+        self._newest_id = event.id
+        self._seq += 1
+        self._ring.append((self._seq, key, event))
+        self._by_id[event.id] = self._seq
+        if len(self._ring) > self.size:
+            self._forget_oldest()
+        self._expire()
+
+    def clear(self) -> None:
+        """Forget everything: every id held so far becomes unknown."""
+        self._ring.clear()
+        self._by_id.clear()
+        self._newest = None
+        self._newest_id = None
+
+    def _forget_oldest(self) -> None:
+        _, _, old = self._ring.popleft()
+        assert old.id is not None
+        del self._by_id[old.id]
+
+    def _expire(self) -> None:
+        if not self.ttl:
+            return
+        horizon_ms = (default_reactor(self._reactor).seconds() - self.ttl) * 1000
+        while self._ring and self._ring[0][1][0] <= horizon_ms:
+            self._forget_oldest()
+
+    def since(
+        self, last_id: str, channels: frozenset[str] | None, limit: int
+    ) -> list[Event] | None:
+        self._expire()
+        seq = self._by_id.get(last_id)
+        if seq is None:
+            return None
+        start = seq - self._ring[0][0] + 1
+        out: list[Event] = []
+        for _, _, event in islice(self._ring, start, None):
+            if channels is None or event.channel in channels:
+                out.append(event)
+                if len(out) >= limit:
+                    break
+        return out
+
+    def __len__(self) -> int:
+        self._expire()
+        return len(self._ring)
+
+    def __iter__(self) -> Iterator[Event]:
+        self._expire()
+        return (event for _, _, event in self._ring)
+
+
+# Addresses
+
+
+@dataclass(frozen=True)
+class RedisAddress:
+    """Where Redis is and how to log in, from a C{redis://} URL."""
+
+    host: str
+    port: int
+    db: int
+    username: str | None
+    password: str | None
+    tls: bool
+
+    def __str__(self) -> str:
+        # Never the password: this goes into logs.
+        scheme = "rediss" if self.tls else "redis"
+        return f"{scheme}://{self.host}:{self.port}/{self.db}"
+
+
+def parse_redis_url(url: str) -> RedisAddress:
+    """
+    Parse C{redis://[[user]:password@]host[:port][/db]} (C{rediss://} for TLS).
+
+    @raise ValueError: for another scheme, a bad port or a bad database number.
+    """
+    parts = urlsplit(url)
+    if parts.scheme not in ("redis", "rediss"):
+        raise ValueError(
+            f"Redis URL must look like redis://[:password@]host:port/db (or rediss:// for TLS),"
+            f" got {url!r}"
+        )
+    try:
+        port = parts.port or 6379
+    except ValueError:
+        raise ValueError(f"Redis URL has a bad port: {url!r}") from None
+    path = parts.path.strip("/")
+    if path and not path.isdigit():
+        raise ValueError(f"Redis URL path must be a database number like /0, got {parts.path!r}")
+    return RedisAddress(
+        host=parts.hostname or "localhost",
+        port=port,
+        db=int(path) if path else 0,
+        username=unquote(parts.username) if parts.username else None,
+        password=unquote(parts.password) if parts.password is not None else None,
+        tls=parts.scheme == "rediss",
+    )
+
+
+# Connections
+
+
+def _txredisapi() -> Any:
+    """
+    Import txredisapi on first use: it imports the global reactor at import
+    time, and importing this module must not.
+    """
+    import txredisapi  # type: ignore[import-untyped]  # ships no annotations
+
+    return txredisapi
+
+
+class _LinkFactory(Factory):
+    """Builds txredisapi protocols that leave every reply as Redis sent it."""
+
+    def __init__(self, protocol_class: Any) -> None:
+        self._protocol_class = protocol_class
+
+    def buildProtocol(self, addr: IAddress | None) -> Any:
+        # convertNumbers=False: txredisapi would otherwise turn a payload such
+        # as "007" or "1.50" into a number. No password or dbid either: its
+        # own login calls back into a pool factory this is not; _open logs in.
+        proto = self._protocol_class(charset="utf-8", convertNumbers=False)
+        proto.factory = self
+        return proto
+
+
+class _Link:
+    """One Redis connection and a way to wait for its end."""
+
+    def __init__(self, proto: Any) -> None:
+        self.proto = proto
+        self.closed = False
+        self._waiters: list[Deferred[None]] = []
+        proto.whenDisconnected().addCallback(self._lost)
+
+    def _lost(self, _: object) -> None:
+        self.closed = True
+        waiters, self._waiters = self._waiters, []
+        for d in waiters:
+            d.callback(None)
+
+    def when_closed(self) -> Deferred[None]:
+        if self.closed:
+            return succeed(None)
+        d: Deferred[None] = Deferred()
+        self._waiters.append(d)
+        return d
+
+    def abort(self) -> None:
+        if not self.closed and self.proto.transport is not None:
+            self.proto.transport.abortConnection()
+
+
+def _info_field(info: object, name: str) -> str | None:
+    if not isinstance(info, str):
+        return None
+    for line in info.splitlines():
+        key, sep, value = line.partition(":")
+        if sep and key == name:
+            return value.strip()
+    return None
+
+
+def _describe(failure: BaseException) -> str:
+    text = str(failure).strip()
+    return f"{type(failure).__name__}: {text}" if text else type(failure).__name__
+
+
+# The bus
+
+
+class RedisBus:
+    """
+    Publishes events to a Redis Stream and delivers the stream's entries to
+    this node, in stream order, each once.
+
+    Set L{on_event} (the broker's dispatch), then L{start}. Use L{history} as
+    the broker's history: the reader feeds it before calling L{on_event}, and
+    appending the same event again is a no-op.
+
+    @param url: C{redis://[[user]:password@]host:port/db}; C{rediss://} for TLS
+        (the server certificate is verified against the host name).
+    @param history_size: the stream's C{MAXLEN ~} and the mirror's size.
+    @param history_ttl: seconds after which events leave the stream (trimmed
+        with C{MINID ~} on each publish) and the mirror; C{0}: never.
+    @param stream: the stream's key, shared by every node.
+    @param reactor: the reactor (or, with C{endpoint}, an C{IReactorTime});
+        the global one when L{None}.
+    @param max_backoff: the longest wait, in seconds, between connection
+        attempts.
+    @param command_timeout: seconds to wait for a connection or a reply
+        before giving up on the connection (and reconnecting).
+    @param endpoint: an C{IStreamClientEndpoint} to connect to instead of the
+        URL's host and port (a UNIX socket, custom TLS); the URL still gives
+        the password and database.
+
+    @ivar ready: connected, and the reader is running: what a health check
+        reports.
+    @ivar on_event: called once per stream entry, in stream order, with an
+        L{Event} whose C{id} is the stream id; exceptions are logged.
+    @ivar connect_attempts: connection attempts made so far (monitoring).
+    @ivar resets: times Redis no longer held this node's place, so that the
+        mirror was rebuilt (monitoring).
+    @ivar client_name: the prefix of this node's C{CLIENT SETNAME}s, to find
+        its two connections in C{CLIENT LIST}.
+    """
+
+    log = Logger()
+
+    #: Delay before the first retry, in seconds; it doubles up to max_backoff.
+    initial_backoff = 0.1
+    #: How long one XREAD waits for new entries, in milliseconds.
+    block_ms = 5000
+    #: Most entries read per XREAD.
+    read_count = 500
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        history_size: int = 1000,
+        history_ttl: float = 0,
+        stream: str = "sse:events",
+        reactor: Any = None,
+        max_backoff: float = 5.0,
+        command_timeout: float = 5.0,
+        endpoint: IStreamClientEndpoint | None = None,
+    ) -> None:
+        if max_backoff <= 0:
+            raise ValueError(f"max_backoff must be > 0 seconds, got {max_backoff}")
+        if command_timeout <= 0:
+            raise ValueError(f"command_timeout must be > 0 seconds, got {command_timeout}")
+        if not stream:
+            raise ValueError("stream must be a non-empty Redis key")
+        self.address = parse_redis_url(url)
+        self.history = StreamHistory(history_size, history_ttl, reactor)
+        self.history_size = history_size
+        self.history_ttl = history_ttl
+        self.stream = stream
+        self.max_backoff = max_backoff
+        self.command_timeout = command_timeout
+        self.on_event: Callable[[Event], object] | None = None
+        self.ready = False
+        self.connect_attempts = 0
+        self.resets = 0
+        self.client_name = f"sse_twisted-{os.getpid()}-{os.urandom(3).hex()}"
+        self._reactor = reactor
+        self._endpoint = endpoint
+        self._where = str(endpoint) if endpoint is not None else str(self.address)
+        # The id of the last entry delivered (or preloaded): where the reader
+        # continues. None until the first connection decides it.
+        self._cursor: str | None = None
+        self._run_id: str | None = None
+        self._publisher: _Link | None = None
+        self._links: set[_Link] = set()
+        self._loop: Deferred[None] | None = None
+        self._stopping = False
+        self._outage_logged = False
+
+    @property
+    def last_id(self) -> str | None:
+        """The stream id the reader continues after."""
+        return self._cursor
+
+    @property
+    def _clock(self) -> Any:
+        return default_reactor(self._reactor)
+
+    # Lifecycle
+
+    def start(self) -> None:
+        """Connect, and keep connecting; L{ready} turns True once reading."""
+        if self._loop is not None:
+            raise RuntimeError("RedisBus is already started; stop() it first")
+        self._stopping = False
+        self._outage_logged = False
+        loop = Deferred.fromCoroutine(self._run())
+        self._loop = loop
+        loop.addErrback(self._loop_ended)
+
+    def stop(self) -> Deferred[None]:
+        """
+        Stop reading and retrying and close both connections; fires once they
+        are closed. Pending publishes errback with L{RedisUnavailable}.
+        """
+        self._stopping = True
+        self.ready = False
+        loop, self._loop = self._loop, None
+        if loop is not None:
+            # Cancelling runs the loop's cleanup at once: the retry timer or
+            # the pending command is cancelled and the connections aborted.
+            loop.cancel()
+        links = list(self._links)
+        for link in links:
+            link.abort()
+        return gatherResults([link.when_closed() for link in links]).addCallback(lambda _: None)
+
+    def _loop_ended(self, failure: Failure) -> None:
+        if not failure.check(CancelledError):
+            self.log.failure("The Redis reader stopped unexpectedly", failure)
+
+    async def _run(self) -> None:
+        failures = 0
+        while True:
+            self.connect_attempts += 1
+            try:
+                await self._session()
+                reason = "the connection closed"
+            except CancelledError:
+                if self._stopping:
+                    self._teardown()
+                    return
+                reason = "cancelled"
+            except Exception as e:
+                reason = _describe(e)
+            was_ready = self.ready
+            self._teardown()
+            if was_ready:
+                failures = 0
+                self.log.warn(
+                    "Lost Redis at {where} ({reason}); reconnecting with backoff up to"
+                    " {cap}s, publishing fails until then",
+                    where=self._where,
+                    reason=reason,
+                    cap=self.max_backoff,
+                )
+                self._outage_logged = True
+            elif not self._outage_logged:
+                self.log.warn(
+                    "Redis at {where} is unreachable ({reason}); retrying with backoff up to"
+                    " {cap}s, not ready until it answers",
+                    where=self._where,
+                    reason=reason,
+                    cap=self.max_backoff,
+                )
+                self._outage_logged = True
+            else:
+                self.log.debug("Redis still unreachable ({reason})", reason=reason)
+            delay = self._backoff(failures)
+            failures += 1
+            await deferLater(self._clock, delay)
+
+    def _backoff(self, failures: int) -> float:
+        """Doubling from L{initial_backoff}, capped, times a jitter in (0.5, 1]."""
+        base = min(self.max_backoff, self.initial_backoff * 2.0 ** min(failures, 32))
+        return base * (1 - random.random() / 2)
+
+    def _teardown(self) -> None:
+        self.ready = False
+        self._publisher = None
+        for link in list(self._links):
+            link.abort()
+
+    async def _session(self) -> None:
+        """One connected period: connect, catch up, then read until a fault."""
+        publisher = await self._open("publish")
+        reader = await self._open("read")
+        run_id = _info_field(await self._call(reader, "INFO", "server"), "run_id")
+        restarted = self._run_id is not None and run_id != self._run_id
+        self._run_id = run_id
+        kept = await self._sync(reader)
+        # Either connection failing ends the session; the reader is the one
+        # waiting, so the publisher's end aborts it.
+        publisher.when_closed().addCallback(lambda _: reader.abort())
+        self._publisher = publisher
+        self.ready = True
+        self._outage_logged = False
+        self.log.info(
+            "Connected to Redis at {where}{restarted}: stream {stream},"
+            " {held} events in history, reading after {cursor}{kept}",
+            where=self._where,
+            restarted=" (restarted since last seen)" if restarted else "",
+            stream=self.stream,
+            held=len(self.history),
+            cursor=self._cursor,
+            kept="" if kept else " (history rebuilt)",
+        )
+        while True:
+            reply = await self._call(
+                reader,
+                "XREAD",
+                "COUNT",
+                self.read_count,
+                "BLOCK",
+                self.block_ms,
+                "STREAMS",
+                self.stream,
+                self._cursor,
+                timeout=self.block_ms / 1000 + self.command_timeout,
+            )
+            for _key, entries in reply or ():
+                self._deliver(entries)
+
+    async def _open(self, role: str) -> _Link:
+        endpoint = self._endpoint
+        if endpoint is None:
+            endpoint = self._endpoint = self._make_endpoint()
+        connecting = endpoint.connect(_LinkFactory(_txredisapi().RedisProtocol))
+        connecting.addTimeout(self.command_timeout, self._clock)
+        proto: Any = await connecting
+        if not proto.connected:
+            raise RedisUnavailable(f"the connection to Redis at {self._where} closed at once")
+        link = _Link(proto)
+        self._links.add(link)
+        link.when_closed().addCallback(lambda _: self._links.discard(link))
+        address = self.address
+        if address.password is not None:
+            login = [address.username] if address.username else []
+            await self._call(link, "AUTH", *login, address.password)
+        if address.db:
+            await self._call(link, "SELECT", address.db)
+        await self._call(link, "CLIENT", "SETNAME", f"{self.client_name}-{role}")
+        return link
+
+    def _make_endpoint(self) -> IStreamClientEndpoint:
+        from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
+        from twisted.internet.ssl import optionsForClientTLS
+
+        address = self.address
+        endpoint: IStreamClientEndpoint = HostnameEndpoint(
+            self._clock, address.host, address.port, timeout=self.command_timeout
+        )
+        if address.tls:
+            endpoint = wrapClientTLS(optionsForClientTLS(address.host), endpoint)
+        return endpoint
+
+    def _call(self, link: _Link, *args: Any, timeout: float | None = None) -> Deferred[Any]:
+        """
+        Send one command; its reply, or L{RedisUnavailable} when the
+        connection fails or Redis does not answer within the timeout (the
+        connection is then aborted: its replies would be out of step).
+        """
+        try:
+            d: Deferred[Any] = link.proto.execute_command(*args)
+        except Exception as e:
+            return fail(RedisUnavailable(f"not connected to Redis at {self._where}: {e}"))
+        return self._guard(link, d, timeout)
+
+    def _guard(self, link: _Link, d: Deferred[Any], timeout: float | None = None) -> Deferred[Any]:
+        limit = self.command_timeout if timeout is None else timeout
+        d.addTimeout(limit, self._clock)
+        tx = _txredisapi()
+
+        def failed(f: Failure) -> Failure:
+            if f.check(defer.TimeoutError):
+                link.abort()
+                raise RedisUnavailable(f"no reply from Redis at {self._where} within {limit:g}s")
+            if f.check(tx.ResponseError):
+                raise RedisCommandError(f"Redis at {self._where} refused: {f.value}")
+            if f.check(tx.ConnectionError):
+                raise RedisUnavailable(f"lost the connection to Redis at {self._where}")
+            return f
+
+        return d.addErrback(failed)
+
+    async def _sync(self, reader: _Link) -> bool:
+        """
+        Decide where reading continues and make the mirror agree with the
+        stream. Returns whether the mirror was kept as it was.
+        """
+        cursor = self._cursor
+        if cursor == "0-0":
+            # Nothing was ever read: whatever the stream holds now is new.
+            return True
+        if cursor is not None:
+            held = await self._call(reader, "XRANGE", self.stream, cursor, cursor, "COUNT", 1)
+            if held:
+                # Redis still holds our place: nothing was lost, read on.
+                return True
+        tail = list(
+            reversed(
+                await self._call(
+                    reader, "XREVRANGE", self.stream, "+", "-", "COUNT", self.history_size
+                )
+                or ()
+            )
+        )
+        newest = tail[-1][0] if tail else None
+        if cursor is None:
+            # First connection: what is there is history, not news.
+            cursor = newest or "0-0"
+        else:
+            self.resets += 1
+            if newest is None:
+                # The stream is gone (Redis restarted empty): read it from the start.
+                cursor = "0-0"
+            elif stream_id_key(newest) < stream_id_key(cursor):
+                # Its ids went backwards (another Redis, or an old snapshot):
+                # treat what it holds as seen and read what comes next.
+                cursor = newest
+            # Else our place was trimmed away: read on after it.
+            self.log.warn(
+                "Redis at {where} no longer holds stream entry {last} (restarted empty, or"
+                " trimmed past it): history rebuilt from the stream, resuming clients"
+                " from before now get a reset",
+                where=self._where,
+                last=self._cursor,
+            )
+        self.history.clear()
+        limit = stream_id_key(cursor)
+        for entry_id, fields in tail:
+            if stream_id_key(entry_id) <= limit:
+                event = self._decode(entry_id, fields)
+                if event is not None:
+                    self.history.append(event)
+        self._cursor = cursor
+        return False
+
+    def _decode(self, entry_id: str, fields: Any) -> Event | None:
+        try:
+            values = dict(zip(fields[::2], fields[1::2], strict=True))
+            retry = values.get("retry")
+            return Event.create(
+                values["channel"],
+                values.get("event"),
+                values.get("data", ""),
+                json_data=False,
+                id=entry_id,
+                retry=int(retry) if retry is not None else None,
+            )
+        except (KeyError, TypeError, ValueError) as e:
+            self.log.warn(
+                "Skipping stream entry {id} that is not an event ({error})",
+                id=entry_id,
+                error=_describe(e),
+            )
+            return None
+
+    def _deliver(self, entries: Sequence[Any]) -> None:
+        for entry_id, fields in entries:
+            self._cursor = entry_id
+            event = self._decode(entry_id, fields)
+            if event is None:
+                continue
+            self.history.append(event)
+            on_event = self.on_event
+            if on_event is not None:
+                try:
+                    on_event(event)
+                except Exception:
+                    self.log.failure("on_event failed for stream entry {id}", id=entry_id)
+
+    # Publishing
+
+    def publish(self, items: Sequence[Mapping[str, Any]]) -> Deferred[list[str]]:
+        """
+        Store a batch of events in the stream, all or none (one C{MULTI}/C{EXEC}).
+
+        Each item has C{channel}, C{payload} (the encoded data, a str), and
+        optionally C{event} and C{retry}. The events reach this node's
+        subscribers through the reader, like every other node's.
+
+        @return: a Deferred of the events' stream ids, in order. It errbacks
+            with L{RedisUnavailable} when Redis is not connected (nothing
+            stored) or the connection failed before Redis answered (maybe
+            stored), and with L{RedisCommandError} when Redis refused.
+        @raise ValueError: for an item with an C{id} (Redis chooses the ids),
+            or that L{Event.create} refuses; C{TypeError} likewise. The error's
+            C{sse_item} attribute is the item's index.
+        """
+        commands = [self._xadd(index, item) for index, item in enumerate(items)]
+        if not commands:
+            return succeed([])
+        link = self._publisher
+        if link is None or not self.ready:
+            return fail(
+                RedisUnavailable(f"Redis at {self._where} is not connected; nothing was stored")
+            )
+        proto = link.proto
+        queued: list[Deferred[Any]] = []
+        try:
+            queued.append(proto.execute_command("MULTI"))
+            queued.extend(proto.execute_command(*args) for args in commands)
+            if self.history_ttl:
+                horizon = int((self._clock.seconds() - self.history_ttl) * 1000)
+                queued.append(proto.execute_command("XTRIM", self.stream, "MINID", "~", horizon))
+            committed: Deferred[Any] = proto.execute_command("EXEC")
+        except Exception as e:
+            # Not connected: txredisapi wrote nothing, or MULTI without EXEC,
+            # which Redis discards with the connection.
+            link.abort()
+            return fail(RedisUnavailable(f"not connected to Redis at {self._where}: {e}"))
+        for d in queued:
+            # "QUEUED", or an error that EXEC reports as EXECABORT anyway.
+            d.addErrback(lambda _: None)
+        count = len(commands)
+
+        def ids(reply: Any) -> list[str]:
+            if not isinstance(reply, list):
+                raise RedisCommandError(f"Redis at {self._where} discarded the batch: {reply!r}")
+            for result in reply:
+                if isinstance(result, Exception):
+                    raise RedisCommandError(f"Redis at {self._where} refused: {result}")
+            return [str(stream_id) for stream_id in reply[:count]]
+
+        def unsure(f: Failure) -> Failure:
+            if f.check(RedisUnavailable):
+                raise RedisUnavailable(
+                    f"{f.value}; the batch may or may not have been stored"
+                ) from f.value
+            return f
+
+        return self._guard(link, committed).addCallbacks(ids, unsure)
+
+    def _xadd(self, index: int, item: Mapping[str, Any]) -> list[Any]:
+        try:
+            if item.get("id") is not None:
+                raise ValueError(
+                    "with Redis, event ids are the Redis stream ids; leave 'id' out of the publish"
+                )
+            event = Event.create(
+                item["channel"],
+                item.get("event"),
+                item.get("payload", ""),
+                json_data=False,
+                retry=item.get("retry"),
+            )
+        except (TypeError, ValueError, KeyError) as e:
+            if isinstance(e, KeyError):
+                e = ValueError(f"publish item {index} has no {e.args[0]!r}")
+            e.sse_item = index  # type: ignore[union-attr]  # read by the resource
+            raise e from None
+        args: list[Any] = ["XADD", self.stream, "MAXLEN", "~", self.history_size, "*"]
+        args += ["channel", event.channel, "data", event.data]
+        if event.event is not None:
+            args += ["event", event.event]
+        if event.retry is not None:
+            args += ["retry", event.retry]
+        return args
