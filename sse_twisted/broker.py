@@ -46,7 +46,7 @@ def _run_prefix() -> str:
     while stamp:
         stamp, r = divmod(stamp, 36)
         out = digits[r] + out
-    return out + digits[os.urandom(1)[0] % 36]
+    return out + "".join(digits[b % 36] for b in os.urandom(2))
 
 
 class SSEBroker:
@@ -55,9 +55,11 @@ class SSEBroker:
 
     @param queue_size: events kept per paused subscriber before the overflow
         policy applies.
-    @param overflow: C{"drop"} (drop the event for that client, count it, tell
-        the client how many it missed once it reads again) or C{"disconnect"}
-        (close the slow client's stream; EventSource reconnects).
+    @param overflow: what a full queue does: C{"drop"} (drop the event for
+        that client, count it, tell the client how many it missed once it
+        reads again), C{"disconnect"} (close the slow client's stream;
+        EventSource reconnects) or C{"catchup"} (stop queueing; once the
+        client reads again, feed it from the history).
     @param heartbeat: seconds between heartbeat comments; C{0} turns them off.
     @param retry: the reconnection delay (ms) sent as each stream opens.
     @param reactor: an C{IReactorTime} (and C{IReactorThreads} for
