@@ -1,10 +1,15 @@
 """
 Scale-out through Redis: one Redis Stream carries every node's events.
 
-Each node publishes by C{XADD}ing to the stream and delivers by reading it
-(C{XREAD BLOCK} on a connection of its own), so every node delivers every
-event exactly once, in the stream's one global order, including the node that
-published it: L{RedisBus.publish} does not dispatch locally. The stream is
+Each node publishes by C{XADD}ing to the stream (a batch in one
+C{MULTI}/C{EXEC}) and delivers by reading it on a connection of its own, so
+every node delivers every event exactly once, in the stream's one global
+order, including the node that published it: L{RedisBus.publish} does not
+dispatch locally. Each read is a C{MULTI} of C{XRANGE cursor cursor} and a
+non-blocking C{XREAD} after the cursor; C{XREAD BLOCK} only waits for news.
+Streams are trimmed from their oldest end, so "the cursor's entry is still
+there" proves that nothing after it was trimmed unread: a node that falls
+further behind than the stream holds notices, instead of skipping silently. The stream is
 also the history: it is bounded with C{MAXLEN ~ history_size} (and
 C{XTRIM MINID ~ now - ttl} when a TTL is set), event ids I{are} the stream ids,
 and each node keeps a local mirror of the stream's tail (L{StreamHistory}) so
@@ -18,9 +23,10 @@ L{False} and L{RedisBus.publish} errbacks with L{RedisUnavailable}: an event is
 reported published only once Redis has stored it. On reconnect the reader
 continues from the last stream id it delivered, so events that reached Redis
 meanwhile are delivered. If Redis no longer holds that id (restarted empty,
-or the stream was trimmed past it during a long outage), the mirror is
-rebuilt from the stream, so resuming clients get the broker's unknown-id
-signal instead of a replay with a hole in it.
+or the stream was trimmed past it during a long outage or a slow read), a
+warning says so and the mirror is rebuilt from the stream, so resuming
+clients get the broker's unknown-id signal instead of a replay with a hole
+in it; what the stream still holds after that id is delivered.
 
 Intentional divergences, and why:
     - A publish that sets C{id} is refused (C{ValueError}), not silently
@@ -38,6 +44,14 @@ Intentional divergences, and why:
       entry), in the mirror as in the stream, not by when this node saw it.
     - txredisapi is imported lazily: importing it imports (and so installs)
       the global reactor, which would break C{--reactor} choices made later.
+      Its connection helpers (C{Connection}, C{lazyConnection}, pools) are
+      not used: they schedule on the global reactor, log every retry, and
+      their backoff cannot be capped per bus or driven by a test clock. Only
+      its protocol is, over an endpoint this module connects and retries.
+    - Throughput: txredisapi's parser takes a reactor turn per bulk string
+      that shares a TCP read with what follows, so a node reads some
+      thousands of events a second (never blocking the reactor). Size
+      C{history_size} so that a burst fits in the stream while nodes read it.
 """
 
 from __future__ import annotations
@@ -53,7 +67,11 @@ from urllib.parse import unquote, urlsplit
 
 from twisted.internet import defer
 from twisted.internet.defer import CancelledError, Deferred, fail, gatherResults, succeed
-from twisted.internet.interfaces import IAddress, IStreamClientEndpoint
+from twisted.internet.interfaces import (
+    IAddress,
+    IOpenSSLClientConnectionCreator,
+    IStreamClientEndpoint,
+)
 from twisted.internet.protocol import Factory
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
@@ -261,6 +279,9 @@ def _txredisapi() -> Any:
 class _LinkFactory(Factory):
     """Builds txredisapi protocols that leave every reply as Redis sent it."""
 
+    # No "Starting factory" lines at each connection attempt.
+    noisy = False
+
     def __init__(self, protocol_class: Any) -> None:
         self._protocol_class = protocol_class
 
@@ -280,9 +301,21 @@ class _Link:
         self.proto = proto
         self.closed = False
         self._waiters: list[Deferred[None]] = []
-        proto.whenDisconnected().addCallback(self._lost)
+        # Not whenDisconnected(): txredisapi fires that before it fails the
+        # commands still waiting for replies, and "closed" must mean that
+        # those have failed too (a stop() that fired first would leave their
+        # timeouts pending).
+        connection_lost = proto.connectionLost
 
-    def _lost(self, _: object) -> None:
+        def lost(reason: Failure) -> None:
+            try:
+                connection_lost(reason)
+            finally:
+                self._lost()
+
+        proto.connectionLost = lost
+
+    def _lost(self) -> None:
         self.closed = True
         waiters, self._waiters = self._waiters, []
         for d in waiters:
@@ -340,8 +373,11 @@ class RedisBus:
     @param command_timeout: seconds to wait for a connection or a reply
         before giving up on the connection (and reconnecting).
     @param endpoint: an C{IStreamClientEndpoint} to connect to instead of the
-        URL's host and port (a UNIX socket, custom TLS); the URL still gives
-        the password and database.
+        URL's host and port (a UNIX socket, say); the URL still gives the
+        password and database.
+    @param tls: the client TLS options for C{rediss://} (e.g.
+        C{optionsForClientTLS(host, trustRoot=...)} for a private CA); by
+        default the certificate is checked against the system's trust store.
 
     @ivar ready: connected, and the reader is running: what a health check
         reports.
@@ -374,6 +410,7 @@ class RedisBus:
         max_backoff: float = 5.0,
         command_timeout: float = 5.0,
         endpoint: IStreamClientEndpoint | None = None,
+        tls: IOpenSSLClientConnectionCreator | None = None,
     ) -> None:
         if max_backoff <= 0:
             raise ValueError(f"max_backoff must be > 0 seconds, got {max_backoff}")
@@ -395,6 +432,7 @@ class RedisBus:
         self.client_name = f"sse_twisted-{os.getpid()}-{os.urandom(3).hex()}"
         self._reactor = reactor
         self._endpoint = endpoint
+        self._tls = tls
         self._where = str(endpoint) if endpoint is not None else str(self.address)
         # The id of the last entry delivered (or preloaded): where the reader
         # continues. None until the first connection decides it.
@@ -462,6 +500,10 @@ class RedisBus:
                 reason = "cancelled"
             except Exception as e:
                 reason = _describe(e)
+            if self._stopping:
+                # stop() was called from inside the session (by on_event, say).
+                self._teardown()
+                return
             was_ready = self.ready
             self._teardown()
             if was_ready:
@@ -507,7 +549,12 @@ class RedisBus:
         run_id = _info_field(await self._call(reader, "INFO", "server"), "run_id")
         restarted = self._run_id is not None and run_id != self._run_id
         self._run_id = run_id
-        kept = await self._sync(reader)
+        resets = self.resets
+        if self._cursor is None:
+            await self._rebuild(reader)
+        # Before turning ready, so that a Redis that lost our place is noticed
+        # (and the mirror rebuilt) before anyone is answered from the mirror.
+        batch = await self._read(reader)
         # Either connection failing ends the session; the reader is the one
         # waiting, so the publisher's end aborts it.
         publisher.when_closed().addCallback(lambda _: reader.abort())
@@ -516,29 +563,64 @@ class RedisBus:
         self._outage_logged = False
         self.log.info(
             "Connected to Redis at {where}{restarted}: stream {stream},"
-            " {held} events in history, reading after {cursor}{kept}",
+            " {held} events in history, reading after {cursor}{rebuilt}",
             where=self._where,
-            restarted=" (restarted since last seen)" if restarted else "",
+            restarted=" (it restarted since last seen)" if restarted else "",
             stream=self.stream,
             held=len(self.history),
             cursor=self._cursor,
-            kept="" if kept else " (history rebuilt)",
+            rebuilt=" (history rebuilt)" if self.resets != resets else "",
         )
+        while not self._stopping:
+            self._deliver(batch)
+            if self._stopping:
+                return
+            if len(batch) < self.read_count:
+                # Caught up: wait for news. Only a wake-up; what is read comes
+                # from _read, which also checks that nothing was lost.
+                await self._call(
+                    reader,
+                    "XREAD",
+                    "COUNT",
+                    1,
+                    "BLOCK",
+                    self.block_ms,
+                    "STREAMS",
+                    self.stream,
+                    self._cursor,
+                    timeout=self.block_ms / 1000 + self.command_timeout,
+                )
+            batch = await self._read(reader)
+
+    async def _read(self, reader: _Link) -> list[Any]:
+        """
+        The entries after the cursor (at most L{read_count}), read in one
+        transaction with a check that Redis still holds the cursor's entry.
+
+        Streams are trimmed from their oldest end, so if the entry at the
+        cursor is still there, nothing after it was trimmed unread; if it is
+        gone, the reader fell behind by more than the stream holds, or Redis
+        lost the stream: the mirror is rebuilt before reading on.
+        """
+        checked = False
         while True:
-            reply = await self._call(
+            cursor = self._cursor
+            assert cursor is not None
+            held, reply = await self._transaction(
                 reader,
-                "XREAD",
-                "COUNT",
-                self.read_count,
-                "BLOCK",
-                self.block_ms,
-                "STREAMS",
-                self.stream,
-                self._cursor,
-                timeout=self.block_ms / 1000 + self.command_timeout,
+                [
+                    ["XRANGE", self.stream, cursor, cursor, "COUNT", 1],
+                    ["XREAD", "COUNT", self.read_count, "STREAMS", self.stream, cursor],
+                ],
             )
-            for _key, entries in reply or ():
-                self._deliver(entries)
+            entries = [entry for _key, found in reply or () for entry in found]
+            if held or cursor == "0-0" or checked:
+                return entries
+            await self._rebuild(reader)
+            if self._cursor == cursor:
+                # Trimmed past: what follows the lost place was read above.
+                return entries
+            checked = True
 
     async def _open(self, role: str) -> _Link:
         endpoint = self._endpoint
@@ -570,7 +652,8 @@ class RedisBus:
             self._clock, address.host, address.port, timeout=self.command_timeout
         )
         if address.tls:
-            endpoint = wrapClientTLS(optionsForClientTLS(address.host), endpoint)
+            tls = self._tls if self._tls is not None else optionsForClientTLS(address.host)
+            endpoint = wrapClientTLS(tls, endpoint)
         return endpoint
 
     def _call(self, link: _Link, *args: Any, timeout: float | None = None) -> Deferred[Any]:
@@ -602,20 +685,11 @@ class RedisBus:
 
         return d.addErrback(failed)
 
-    async def _sync(self, reader: _Link) -> bool:
+    async def _rebuild(self, reader: _Link) -> None:
         """
-        Decide where reading continues and make the mirror agree with the
-        stream. Returns whether the mirror was kept as it was.
+        Decide where reading continues and fill the mirror from the stream:
+        at the first connection, or when Redis no longer holds the cursor.
         """
-        cursor = self._cursor
-        if cursor == "0-0":
-            # Nothing was ever read: whatever the stream holds now is new.
-            return True
-        if cursor is not None:
-            held = await self._call(reader, "XRANGE", self.stream, cursor, cursor, "COUNT", 1)
-            if held:
-                # Redis still holds our place: nothing was lost, read on.
-                return True
         tail = list(
             reversed(
                 await self._call(
@@ -625,11 +699,20 @@ class RedisBus:
             )
         )
         newest = tail[-1][0] if tail else None
+        cursor = self._cursor
         if cursor is None:
             # First connection: what is there is history, not news.
             cursor = newest or "0-0"
         else:
             self.resets += 1
+            self.log.warn(
+                "Redis at {where} no longer holds stream entry {last} (it restarted empty,"
+                " or trimmed the stream past it while this node was away or reading slower"
+                " than events arrived): history rebuilt from the stream, so clients resuming"
+                " from before now get a reset",
+                where=self._where,
+                last=cursor,
+            )
             if newest is None:
                 # The stream is gone (Redis restarted empty): read it from the start.
                 cursor = "0-0"
@@ -638,13 +721,6 @@ class RedisBus:
                 # treat what it holds as seen and read what comes next.
                 cursor = newest
             # Else our place was trimmed away: read on after it.
-            self.log.warn(
-                "Redis at {where} no longer holds stream entry {last} (restarted empty, or"
-                " trimmed past it): history rebuilt from the stream, resuming clients"
-                " from before now get a reset",
-                where=self._where,
-                last=self._cursor,
-            )
         self.history.clear()
         limit = stream_id_key(cursor)
         for entry_id, fields in tail:
@@ -653,7 +729,39 @@ class RedisBus:
                 if event is not None:
                     self.history.append(event)
         self._cursor = cursor
-        return False
+
+    def _transaction(self, link: _Link, commands: Sequence[Sequence[Any]]) -> Deferred[list[Any]]:
+        """
+        Run C{commands} in one C{MULTI}/C{EXEC}, sent in one write; the list
+        of their replies. Errbacks with L{RedisCommandError} if any failed.
+        """
+        proto = link.proto
+        queued: list[Deferred[Any]] = []
+        try:
+            queued.append(proto.execute_command("MULTI"))
+            queued.extend(proto.execute_command(*args) for args in commands)
+            committed: Deferred[Any] = proto.execute_command("EXEC")
+        except Exception as e:
+            # txredisapi refuses to write when not connected. A MULTI already
+            # written without its EXEC is discarded by Redis with the connection.
+            link.abort()
+            return fail(RedisUnavailable(f"not connected to Redis at {self._where}: {e}"))
+        for d in queued:
+            # "QUEUED", or an error that EXEC reports as EXECABORT anyway.
+            d.addErrback(lambda _: None)
+
+        def replies(reply: Any) -> list[Any]:
+            if not isinstance(reply, list):
+                raise RedisCommandError(
+                    f"Redis at {self._where} discarded a transaction: {reply!r}"
+                )
+            for result in reply:
+                if isinstance(result, Exception):
+                    raise RedisCommandError(f"Redis at {self._where} refused: {result}")
+            return reply
+
+        result: Deferred[list[Any]] = self._guard(link, committed).addCallback(replies)
+        return result
 
     def _decode(self, entry_id: str, fields: Any) -> Event | None:
         try:
@@ -677,6 +785,9 @@ class RedisBus:
 
     def _deliver(self, entries: Sequence[Any]) -> None:
         for entry_id, fields in entries:
+            if self._stopping:
+                # on_event stopped the bus: deliver no more.
+                return
             self._cursor = entry_id
             event = self._decode(entry_id, fields)
             if event is None:
@@ -711,45 +822,26 @@ class RedisBus:
         if not commands:
             return succeed([])
         link = self._publisher
-        if link is None or not self.ready:
+        if link is None or not self.ready or link.closed or not link.proto.connected:
             return fail(
                 RedisUnavailable(f"Redis at {self._where} is not connected; nothing was stored")
             )
-        proto = link.proto
-        queued: list[Deferred[Any]] = []
-        try:
-            queued.append(proto.execute_command("MULTI"))
-            queued.extend(proto.execute_command(*args) for args in commands)
-            if self.history_ttl:
-                horizon = int((self._clock.seconds() - self.history_ttl) * 1000)
-                queued.append(proto.execute_command("XTRIM", self.stream, "MINID", "~", horizon))
-            committed: Deferred[Any] = proto.execute_command("EXEC")
-        except Exception as e:
-            # Not connected: txredisapi wrote nothing, or MULTI without EXEC,
-            # which Redis discards with the connection.
-            link.abort()
-            return fail(RedisUnavailable(f"not connected to Redis at {self._where}: {e}"))
-        for d in queued:
-            # "QUEUED", or an error that EXEC reports as EXECABORT anyway.
-            d.addErrback(lambda _: None)
-        count = len(commands)
-
-        def ids(reply: Any) -> list[str]:
-            if not isinstance(reply, list):
-                raise RedisCommandError(f"Redis at {self._where} discarded the batch: {reply!r}")
-            for result in reply:
-                if isinstance(result, Exception):
-                    raise RedisCommandError(f"Redis at {self._where} refused: {result}")
-            return [str(stream_id) for stream_id in reply[:count]]
+        if self.history_ttl:
+            horizon = int((self._clock.seconds() - self.history_ttl) * 1000)
+            commands.append(["XTRIM", self.stream, "MINID", "~", horizon])
+        count = len(items)
 
         def unsure(f: Failure) -> Failure:
             if f.check(RedisUnavailable):
+                # Sent, but no answer came: Redis may have stored the batch.
                 raise RedisUnavailable(
-                    f"{f.value}; the batch may or may not have been stored"
+                    f"{f.value}; the events may or may not have been stored"
                 ) from f.value
             return f
 
-        return self._guard(link, committed).addCallbacks(ids, unsure)
+        return self._transaction(link, commands).addCallbacks(
+            lambda replies: [str(stream_id) for stream_id in replies[:count]], unsure
+        )
 
     def _xadd(self, index: int, item: Mapping[str, Any]) -> list[Any]:
         try:
@@ -760,7 +852,7 @@ class RedisBus:
             event = Event.create(
                 item["channel"],
                 item.get("event"),
-                item.get("payload", ""),
+                item["payload"],
                 json_data=False,
                 retry=item.get("retry"),
             )

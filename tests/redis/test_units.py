@@ -1,0 +1,220 @@
+"""RedisBus without a Redis server: retry timing, logging, stop, the mirror, URLs."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from twisted.internet.defer import Deferred, fail
+from twisted.internet.interfaces import IStreamClientEndpoint
+from twisted.internet.task import Clock
+from twisted.logger import LogLevel
+from zope.interface import implementer
+
+from sse_twisted.event import Event
+from sse_twisted.redis import (
+    RedisAddress,
+    RedisBus,
+    RedisUnavailable,
+    StreamHistory,
+    parse_redis_url,
+    stream_id_key,
+)
+
+
+@implementer(IStreamClientEndpoint)
+class RefusingEndpoint:
+    """Every connection attempt is refused at once."""
+
+    def __init__(self) -> None:
+        self.attempts = 0
+
+    def connect(self, factory: Any) -> Deferred[Any]:
+        self.attempts += 1
+        return fail(ConnectionRefusedError("connection refused"))
+
+
+@implementer(IStreamClientEndpoint)
+class SilentEndpoint:
+    """Connection attempts that never complete (a black-holed address)."""
+
+    def __init__(self) -> None:
+        self.pending: list[Deferred[Any]] = []
+
+    def connect(self, factory: Any) -> Deferred[Any]:
+        d: Deferred[Any] = Deferred()
+        self.pending.append(d)
+        return d
+
+
+def next_delay(clock: Clock) -> float:
+    (call,) = clock.getDelayedCalls()
+    return float(call.getTime() - clock.seconds())
+
+
+def test_backoff_grows_and_is_capped(redis_log: list[dict[str, Any]]) -> None:
+    """
+    Retries start fast, double, and never wait longer than max_backoff, for as
+    long as Redis stays away; the outage is logged once, not per retry.
+    """
+    clock = Clock()
+    endpoint = RefusingEndpoint()
+    bus = RedisBus("redis://redis.example:6379/0", reactor=clock, endpoint=endpoint, max_backoff=2)
+    bus.start()
+    delays = []
+    for _ in range(40):
+        delay = next_delay(clock)
+        delays.append(delay)
+        clock.advance(delay)
+    assert endpoint.attempts == bus.connect_attempts == 41
+    assert delays[0] <= bus.initial_backoff
+    assert all(0 < d <= 2 for d in delays)
+    assert all(d > 1 for d in delays[-20:])  # at the cap (jitter keeps it in (cap/2, cap])
+    assert not bus.ready
+    warned = [e for e in redis_log if e["log_level"] >= LogLevel.warn]
+    assert len(warned) == 1
+    assert "unreachable" in warned[0]["log_format"]
+    assert "ConnectionRefusedError" in warned[0]["reason"]
+    d = bus.stop()
+    assert d.called
+    assert clock.getDelayedCalls() == []
+
+
+def test_publish_fails_while_not_connected() -> None:
+    """With Redis away, publish errbacks at once: never a silent drop or a false success."""
+    clock = Clock()
+    bus = RedisBus("redis://h", reactor=clock, endpoint=RefusingEndpoint())
+    bus.start()
+    errors: list[Any] = []
+    bus.publish([{"channel": "c", "payload": "1"}]).addErrback(errors.append)
+    assert len(errors) == 1
+    assert errors[0].check(RedisUnavailable)
+    assert "nothing was stored" in str(errors[0].value)
+    bus.stop()
+
+
+def test_connect_timeout_then_retry() -> None:
+    """A connection attempt that hangs is given up after command_timeout and retried."""
+    clock = Clock()
+    endpoint = SilentEndpoint()
+    bus = RedisBus("redis://h", reactor=clock, endpoint=endpoint, command_timeout=3)
+    bus.start()
+    assert len(endpoint.pending) == 1
+    clock.advance(3)
+    assert endpoint.pending[0].called  # cancelled by the timeout
+    clock.advance(next_delay(clock))
+    assert len(endpoint.pending) == 2
+    assert bus.connect_attempts == 2
+
+
+@pytest.mark.parametrize("advance", [0, 1, 3.5])
+def test_stop_leaves_no_delayed_calls(advance: float) -> None:
+    """stop() cancels the pending attempt or the retry timer: the clock is left empty."""
+    clock = Clock()
+    endpoint = SilentEndpoint()
+    bus = RedisBus("redis://h", reactor=clock, endpoint=endpoint, command_timeout=3)
+    bus.start()
+    clock.advance(advance)
+    stopped = bus.stop()
+    assert stopped.called
+    assert clock.getDelayedCalls() == []
+    assert not bus.ready
+    # Stopped for good: time passing starts nothing.
+    attempts = bus.connect_attempts
+    clock.advance(100)
+    assert bus.connect_attempts == attempts
+
+
+def test_start_twice_is_refused() -> None:
+    """Starting a running bus is a mistake worth hearing about."""
+    bus = RedisBus("redis://h", reactor=Clock(), endpoint=SilentEndpoint())
+    bus.start()
+    with pytest.raises(RuntimeError, match="already started"):
+        bus.start()
+    bus.stop()
+
+
+def test_parse_redis_url() -> None:
+    """Host, port, database, user and percent-decoded password come from the URL."""
+    assert parse_redis_url("redis://localhost") == RedisAddress(
+        "localhost", 6379, 0, None, None, False
+    )
+    assert parse_redis_url("redis://:p%40ss@10.0.0.1:7000/2") == RedisAddress(
+        "10.0.0.1", 7000, 2, None, "p@ss", False
+    )
+    assert parse_redis_url("rediss://bob:pw@[::1]:6380/0") == RedisAddress(
+        "::1", 6380, 0, "bob", "pw", True
+    )
+    assert str(parse_redis_url("redis://:secret@h:1/3")) == "redis://h:1/3"  # no password in logs
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("http://h", "redis://"),
+        ("h:6379", "redis://"),
+        ("redis://h:port", "bad port"),
+        ("redis://h/db1", "database number"),
+    ],
+)
+def test_bad_redis_urls(url: str, message: str) -> None:
+    """A bad URL is refused at construction, with what to write instead."""
+    with pytest.raises(ValueError, match=message):
+        RedisBus(url)
+
+
+def ev(stream_id: str, channel: str = "c") -> Event:
+    return Event.create(channel, None, "x", json_data=False, id=stream_id)
+
+
+def test_stream_history_append_is_idempotent() -> None:
+    """Appending an event not newer than the newest held does nothing."""
+    history = StreamHistory(10)
+    history.append(ev("5-0"))
+    history.append(ev("5-1"))
+    history.append(ev("5-1"))
+    history.append(ev("4-9"))
+    assert [e.id for e in history] == ["5-0", "5-1"]
+    assert history.since("5-0", None, 10) == [ev("5-1")]
+    assert history.newest_id == "5-1"
+
+
+def test_stream_history_is_bounded_and_clears() -> None:
+    """The mirror keeps the last size entries; clear() makes every id unknown."""
+    history = StreamHistory(3)
+    for n in range(6):
+        history.append(ev(f"1-{n}", "a" if n % 2 else "b"))
+    assert [e.id for e in history] == ["1-3", "1-4", "1-5"]
+    assert history.since("1-2", None, 10) is None
+    assert history.since("1-3", frozenset({"a"}), 10) == [ev("1-5", "a")]
+    assert history.since("1-3", None, 1) == [ev("1-4", "b")]
+    history.clear()
+    assert len(history) == 0
+    assert history.since("1-5", None, 10) is None
+    history.append(ev("0-1"))  # after a clear, any id is accepted again
+    assert len(history) == 1
+
+
+def test_stream_history_ttl_uses_stream_time() -> None:
+    """With a TTL, entries expire by the time in their stream id."""
+    clock = Clock()
+    clock.advance(10)
+    history = StreamHistory(10, ttl=2, reactor=clock)
+    history.append(ev("7000-0"))  # already older than 2 s
+    history.append(ev("9000-0"))
+    assert [e.id for e in history] == ["9000-0"]
+    clock.advance(0.9)
+    assert [e.id for e in history] == ["9000-0"]
+    clock.advance(0.2)
+    assert len(history) == 0
+    assert history.since("9000-0", None, 10) is None
+
+
+def test_stream_ids() -> None:
+    """Stream ids order numerically; anything else is refused."""
+    assert stream_id_key("10-0") > stream_id_key("9-99")
+    for bad in ("", "12", "a-1", "1-", "1-2-3"):
+        with pytest.raises(ValueError):
+            stream_id_key(bad)
+    with pytest.raises(ValueError):
+        StreamHistory().append(ev("x-1"))
