@@ -17,7 +17,7 @@ import random
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import Future
-from typing import Any
+from typing import Any, Protocol
 
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.task import LoopingCall
@@ -49,6 +49,27 @@ def _run_prefix() -> str:
     return out + "".join(digits[b % 36] for b in os.urandom(2))
 
 
+class IRelay(Protocol):
+    """
+    Carries published events between brokers (e.g. L{sse_twisted.redis.RedisBus}).
+
+    With a relay, publishing stores the event in the relay, which chooses its
+    id; the relay then hands every event, from every node, to
+    L{SSEBroker.dispatch} in one global order. The broker does not know what
+    the relay is.
+    """
+
+    ready: bool
+
+    def start(self) -> None: ...
+
+    def stop(self) -> Deferred[None]: ...
+
+    def publish(self, items: Sequence[Mapping[str, Any]]) -> Deferred[list[str]]:
+        """Store items (C{channel}, C{event}, C{payload}, C{retry}); fire with their ids."""
+        ...
+
+
 class SSEBroker:
     """
     Holds open event streams and publishes events to them.
@@ -69,6 +90,9 @@ class SSEBroker:
         (C{0} or L{None}: none), or an L{IHistory} to keep them in.
     @param history_ttl: seconds after which the in-memory history forgets an
         event (C{0}: never).
+    @param relay: an L{IRelay} to publish through (several nodes); its
+        events come back through L{dispatch}. Publishing then returns
+        Deferreds, and ids are the relay's.
     """
 
     log = Logger()
@@ -84,6 +108,7 @@ class SSEBroker:
         id_prefix: str | None = None,
         history: int | IHistory | None = 1000,
         history_ttl: float = 0,
+        relay: IRelay | None = None,
     ) -> None:
         if queue_size < 1:
             raise ValueError(f"queue_size must be at least 1, got {queue_size}")
@@ -98,6 +123,7 @@ class SSEBroker:
         if overflow == "catchup" and history is None:
             raise ValueError("overflow='catchup' needs a history to catch up from")
         self.history: IHistory | None = history
+        self.relay = relay
         #: Says which channels are private: subscribers of every channel never
         #: receive those (set by the auth configuration).
         self.private: Callable[[str], bool] | None = None
@@ -255,18 +281,99 @@ class SSEBroker:
         text: str | None = None,
         id: str | None = None,
         retry: int | None = None,
-    ) -> Event:
+    ) -> Event | Deferred[Event]:
         """
         Publish one event to every subscriber of C{channel}.
 
         C{data} is JSON-encoded once (compact, UTF-8); pass C{text} instead to
-        send a str verbatim. Returns the event, its id included.
+        send a str verbatim. Returns the event, its id included; with a
+        relay, a Deferred of it, fired once the relay stored it (and failed
+        if it could not: never a silent drop).
 
         @raise TypeError: if JSON cannot encode C{data}, or a field has the
             wrong type.
         @raise ValueError: for a bad channel, or CR/LF/NUL in C{event}/C{id}.
         """
+        if self.relay is not None:
+            return self.publish_many(
+                [
+                    {
+                        "channel": channel,
+                        "event": event,
+                        "data": data,
+                        "text": text,
+                        "id": id,
+                        "retry": retry,
+                    }
+                ]
+            ).addCallback(lambda events: events[0])
         return self.publish_event(self.prepare(channel, event, data, text=text, id=id, retry=retry))
+
+    def publish_async(
+        self,
+        channel: str,
+        event: str | None = None,
+        data: Any = None,
+        *,
+        text: str | None = None,
+        id: str | None = None,
+        retry: int | None = None,
+    ) -> Deferred[Event]:
+        """L{publish}, always answered with a Deferred (relay or not)."""
+        result = self.publish(channel, event, data, text=text, id=id, retry=retry)
+        return result if isinstance(result, Deferred) else succeed(result)
+
+    def publish_many(self, items: Sequence[Mapping[str, Any]]) -> Deferred[list[Event]]:
+        """
+        Publish a batch, all or none; a Deferred of the events.
+
+        Without a relay the events go out at once. With one, they are
+        validated here (errors raise at once, C{sse_item} naming the item),
+        stored by the relay in one step, and go out when it hands them back.
+        """
+        if self.relay is None:
+            events = self.prepare_many(items)
+            for ev in events:
+                self.dispatch(ev)
+            return succeed(events)
+        checked = self.validate_many(items)
+        stored = self.relay.publish(
+            [
+                {"channel": ev.channel, "event": ev.event, "payload": ev.data, "retry": ev.retry}
+                for ev in checked
+            ]
+        )
+        return stored.addCallback(
+            lambda ids: [
+                Event.create(ev.channel, ev.event, ev.data, json_data=False, id=i, retry=ev.retry)
+                for ev, i in zip(checked, ids, strict=True)
+            ]
+        )
+
+    def validate_many(self, items: Sequence[Mapping[str, Any]]) -> list[Event]:
+        """
+        Check and encode items without giving them ids (a relay chooses them).
+
+        @raise ValueError: also for an item with an C{id} when a relay is set.
+        """
+        events: list[Event] = []
+        for index, item in enumerate(items):
+            try:
+                if self.relay is not None and item.get("id") is not None:
+                    raise ValueError("ids are chosen by the relay (Redis); leave 'id' out")
+                events.append(
+                    Event.create(
+                        item["channel"],
+                        item.get("event"),
+                        item.get("data"),
+                        text=item.get("text"),
+                        retry=item.get("retry"),
+                    )
+                )
+            except (TypeError, ValueError) as e:
+                e.sse_item = index  # type: ignore[union-attr]  # read by the resource
+                raise
+        return events
 
     def publish_text(
         self,
@@ -276,7 +383,7 @@ class SSEBroker:
         *,
         id: str | None = None,
         retry: int | None = None,
-    ) -> Event:
+    ) -> Event | Deferred[Event]:
         """Publish C{text} verbatim (plain text, or HTML fragments for htmx)."""
         return self.publish(channel, event, text=text, id=id, retry=retry)
 
@@ -410,6 +517,24 @@ class SSEBroker:
 
         def run() -> None:
             if not future.set_running_or_notify_cancel():
+                return
+            if self.relay is not None:
+                item = {
+                    "channel": channel,
+                    "event": event,
+                    "text": payload,
+                    "retry": retry,
+                    "id": id,
+                }
+                try:
+                    stored = self.publish_many([item])
+                except BaseException as e:
+                    future.set_exception(e)
+                    return
+                stored.addCallbacks(
+                    lambda events: future.set_result(events[0]),
+                    lambda f: future.set_exception(f.value),
+                )
                 return
             try:
                 ev = Event.create(

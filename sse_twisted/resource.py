@@ -15,13 +15,15 @@ import math
 from typing import Any
 
 from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
+from twisted.logger import Logger
+from twisted.python.failure import Failure
 from twisted.web.resource import Resource
-from twisted.web.server import Request
+from twisted.web.server import NOT_DONE_YET, Request
 
 from .auth import Grant, InvalidToken, JWTAuth
 from .broker import SSEBroker
 from .cors import CORSPolicy
-from .event import validate_channel
+from .event import Event, validate_channel
 from .limits import RateLimiter, SubscriberLimits, peer_key
 
 __all__ = [
@@ -257,6 +259,7 @@ class PublishResource(Resource):
     """
 
     isLeaf = True
+    log = Logger()
 
     def __init__(
         self,
@@ -278,12 +281,16 @@ class PublishResource(Resource):
         #: Answers given, by status (for metrics; a handful of keys at most).
         self.statuses: dict[int, int] = {}
 
-    def render(self, request: Request) -> bytes:
+    def render(self, request: Request) -> bytes | int:
         body = self._render(request)
-        self.statuses[request.code] = self.statuses.get(request.code, 0) + 1
+        if body is not NOT_DONE_YET:
+            self._count(request)
         return body
 
-    def _render(self, request: Request) -> bytes:
+    def _count(self, request: Request) -> None:
+        self.statuses[request.code] = self.statuses.get(request.code, 0) + 1
+
+    def _render(self, request: Request) -> bytes | int:
         if self.cors is not None:
             if request.method == b"OPTIONS" and self.cors.preflight(request, b"POST, OPTIONS"):
                 request.setResponseCode(204)
@@ -297,7 +304,11 @@ class PublishResource(Resource):
                 self._limit_rate(request)
             if self.broker.draining:
                 raise HTTPError(503, "server is draining; publish to another node")
+            if self.broker.relay is not None and not self.broker.relay.ready:
+                raise HTTPError(503, "the relay (Redis) is not connected; nothing was published")
             body = self._read_json(request)
+            if self.broker.relay is not None:
+                return self._publish_relayed(request, body, grant)
             answer = self._publish(body, grant)
         except HTTPError as e:
             return _error(request, e)
@@ -358,7 +369,40 @@ class PublishResource(Resource):
             # ValueError covers bad JSON, bad UTF-8 and over-long integers.
             raise HTTPError(400, f"body is not valid JSON: {str(e)[:200]}") from None
 
-    def _publish(self, body: Any, grant: Grant | None) -> Any:
+    def _publish_relayed(self, request: Request, body: Any, grant: Grant | None) -> int:
+        """
+        Publish through the relay and answer once it has stored the events.
+
+        C{clients} is then how many subscribers of this node matched when
+        the answer was written: the relay delivers on every node later.
+        """
+        batch, items = self._check(body, grant)
+        try:
+            stored = self.broker.publish_many(items)
+        except (TypeError, ValueError) as e:
+            raise _item_error(e, batch) from None
+
+        def answer(events: list[Event]) -> None:
+            answers = [
+                {"id": ev.id, "clients": self.broker.client_count(ev.channel)} for ev in events
+            ]
+            self._finish(request, 200, answers if batch else answers[0])
+
+        def failed(failure: Failure) -> None:
+            self.log.warn("Publish through the relay failed: {error}", error=failure.value)
+            self._finish(request, 503, {"error": f"not published: {failure.value}"})
+
+        stored.addCallbacks(answer, failed)
+        return NOT_DONE_YET
+
+    def _finish(self, request: Request, status: int, body: Any) -> None:
+        if getattr(request, "_disconnected", False):
+            return
+        request.write(json_response(request, status, body))
+        request.finish()
+        self._count(request)
+
+    def _check(self, body: Any, grant: Grant | None) -> tuple[bool, list[Any]]:
         batch = isinstance(body, list)
         items = body if batch else [body]
         for n, item in enumerate(items):
@@ -368,13 +412,21 @@ class PublishResource(Resource):
                 raise HTTPError(
                     403, f"{where}your token does not allow publishing to {item['channel']!r}"
                 )
+        return batch, items
+
+    def _publish(self, body: Any, grant: Grant | None) -> Any:
+        batch, items = self._check(body, grant)
         try:
             events = self.broker.prepare_many(items)
         except (TypeError, ValueError) as e:
-            where = f"item {getattr(e, 'sse_item', '?')}: " if batch else ""
-            raise HTTPError(400, f"{where}{e}") from None
+            raise _item_error(e, batch) from None
         answers = [{"id": ev.id, "clients": self.broker.dispatch(ev)} for ev in events]
         return answers if batch else answers[0]
+
+
+def _item_error(error: Exception, batch: bool) -> HTTPError:
+    where = f"item {getattr(error, 'sse_item', '?')}: " if batch else ""
+    return HTTPError(400, f"{where}{error}")
 
 
 class PageResource(Resource):
@@ -409,4 +461,9 @@ class HealthResource(Resource):
             return _error(request, _method_not_allowed(b"GET, HEAD"))
         if self.broker.draining:
             return json_response(request, 503, {"status": "draining", "clients": 0})
+        relay = self.broker.relay
+        if relay is not None and not relay.ready:
+            return json_response(
+                request, 503, {"status": "unavailable", "reason": "relay (Redis) not connected"}
+            )
         return json_response(request, 200, {"status": "ok", "clients": self.broker.client_count()})

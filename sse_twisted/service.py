@@ -50,6 +50,8 @@ class SSEService(Service):
 
     def startService(self) -> None:
         super().startService()
+        if self.broker.relay is not None:
+            self.broker.relay.start()
         reactor = default_reactor(self._reactor)
         endpoint = serverFromString(reactor, self.description)
         self._listening = endpoint.listen(self.factory)
@@ -77,5 +79,8 @@ class SSEService(Service):
             port, self.port = self.port, None
             stopped = maybeDeferred(port.stopListening)
         stopped.addCallback(lambda _: self.broker.drain(self.drain_timeout))
+        relay = self.broker.relay
+        if relay is not None:
+            stopped.addCallback(lambda _: relay.stop())
         stopped.addCallback(lambda _: self.log.info("sse_twisted drained and stopped"))
         return stopped

@@ -184,6 +184,13 @@ class Options(usage.Options):
             "Requests a publisher may send at once above --publish-rate (default: the rate).",
             _positive_int("publish-burst"),
         ],
+        [
+            "redis",
+            None,
+            None,
+            "Share fan-out and history with other nodes through Redis: "
+            "redis://[:password@]host:port/db or rediss://... (needs the 'redis' extra).",
+        ],
         ["jwt-secret", None, None, "Verify subscriber/publisher JWTs with this HS256 secret."],
         [
             "jwt-public-key",
@@ -224,6 +231,13 @@ class Options(usage.Options):
             raise usage.UsageError("--overflow catchup needs a history (--history N, N > 0)")
         if self["queue-size"] < 1:
             raise usage.UsageError("--queue-size must be at least 1")
+        if self["redis"]:
+            from .redis import parse_redis_url
+
+            try:
+                parse_redis_url(self["redis"])
+            except ValueError as e:
+                raise usage.UsageError(f"--redis: {e}") from None
         if self["jwt-secret"] and self["jwt-public-key"]:
             raise usage.UsageError("give --jwt-secret or --jwt-public-key, not both")
         if self["private-channel"] and not (self["jwt-secret"] or self["jwt-public-key"]):
@@ -251,12 +265,24 @@ class Options(usage.Options):
 
 def makeService(options: Options) -> IService:
     """Build the broker, its Klein app and the service that serves and drains it."""
+    relay = None
+    history: Any = options["history"]
+    if options["redis"]:
+        from .redis import RedisBus
+
+        relay = RedisBus(
+            options["redis"],
+            history_size=options["history"] or 1000,
+            history_ttl=options["history-ttl"],
+        )
+        history = relay.history
     broker = SSEBroker(
+        relay=relay,
         queue_size=options["queue-size"],
         overflow=options["overflow"],
         heartbeat=options["heartbeat"],
         retry=options["retry"],
-        history=options["history"],
+        history=history,
         history_ttl=options["history-ttl"],
     )
     auth = None
@@ -272,6 +298,8 @@ def makeService(options: Options) -> IService:
         if options["publish-rate"]
         else None
     )
+    if relay is not None:
+        relay.on_event = broker.dispatch
     root = make_resource(
         broker,
         path=options["path"],
