@@ -23,6 +23,7 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from twisted.web.http import HTTPChannel
 from twisted.web.server import NOT_DONE_YET, Request
 
 from ._reactor import default_reactor
@@ -222,7 +223,11 @@ class SSEBroker:
         _set_stream_headers(request)
         comment = reason.replace("\r", " ").replace("\n", " ").encode("utf-8")
         request.write(b": %s\nretry: %d\n\n" % (comment, self._jittered_retry()))
+        channel = request.channel
         request.finish()
+        if isinstance(channel, HTTPChannel):
+            # Free the socket too, not just the stream (HTTP/2 streams share one).
+            channel.loseConnection()
         return NOT_DONE_YET
 
     def _add(self, sub: Subscriber) -> None:

@@ -18,10 +18,12 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["MAX_CHANNEL_LENGTH", "Event", "validate_channel"]
+__all__ = ["MAX_CHANNEL_LENGTH", "MAX_RETRY", "Event", "validate_channel"]
 
 #: Longest channel name accepted.
 MAX_CHANNEL_LENGTH = 200
+#: Longest reconnection delay a publisher may ask for (a day, in ms).
+MAX_RETRY = 86_400_000
 
 # CR, LF and NUL would let a value end its field line early and inject fields
 # into every subscriber's stream; they are refused in names and ids.
@@ -52,7 +54,16 @@ def validate_channel(channel: object) -> str:
         )
     if _CONTROL.search(channel):
         raise ValueError(f"channel must not contain control characters: {channel!r}")
+    _check_utf8("channel", channel)
     return channel
+
+
+def _check_utf8(name: str, value: str) -> None:
+    """Refuse lone surrogates: they cannot be sent as UTF-8 (nor subscribed to)."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError(f"{name} is not valid Unicode (a lone surrogate): {value!r}") from None
 
 
 def _validate_field(name: str, value: object) -> str:
@@ -60,6 +71,7 @@ def _validate_field(name: str, value: object) -> str:
         raise TypeError(f"{name} must be a str, not {type(value).__name__}")
     if _BREAKS.search(value):
         raise ValueError(f"{name} must not contain CR, LF or NUL: {value!r}")
+    _check_utf8(name, value)
     return value
 
 
@@ -71,7 +83,10 @@ def encode_json(data: Any) -> str:
     @raise ValueError: for NaN or infinities (not JSON; C{JSON.parse} refuses
         them) and for circular structures.
     """
-    return _encoder.encode(data)
+    try:
+        return _encoder.encode(data)
+    except RecursionError:
+        raise ValueError("data is nested too deeply to encode") from None
 
 
 def frame(
@@ -153,14 +168,18 @@ class Event:
                 event = None
         if id is not None:
             _validate_field("id", id)
+            if not id:
+                # An empty id field resets the client's last event id.
+                raise ValueError("id must not be empty")
         if retry is not None:
             if not isinstance(retry, int) or isinstance(retry, bool):
                 raise TypeError(f"retry must be an int, not {type(retry).__name__}")
-            if retry < 0:
-                raise ValueError(f"retry must be a non-negative number of ms, got {retry}")
+            if not 0 <= retry <= MAX_RETRY:
+                raise ValueError(f"retry must be 0 to {MAX_RETRY} ms (a day), got {retry}")
         if text is not None:
             if not isinstance(text, str):
                 raise TypeError(f"text must be a str, not {type(text).__name__}")
+            _check_utf8("text", text)
             payload = text
         elif json_data:
             payload = encode_json(data)

@@ -28,12 +28,14 @@ class _HeaderDeadlineChannel(HTTPChannel):
     log = Logger()
     headerTimeout: float = 10.0
     _headerDeadline: IDelayedCall | None = None
+    _bytesSinceArmed = False
 
     def connectionMade(self) -> None:
         super().connectionMade()
         self._armHeaderDeadline()
 
     def _armHeaderDeadline(self) -> None:
+        self._bytesSinceArmed = False
         if self.headerTimeout > 0 and self._headerDeadline is None:
             self._headerDeadline = self.callLater(self.headerTimeout, self._headersTooSlow)
 
@@ -43,10 +45,19 @@ class _HeaderDeadlineChannel(HTTPChannel):
                 self._headerDeadline.cancel()
             self._headerDeadline = None
 
+    def dataReceived(self, data: bytes) -> None:
+        self._bytesSinceArmed = True
+        super().dataReceived(data)
+
     def _headersTooSlow(self) -> None:
         self._headerDeadline = None
         transport = self.transport
         assert transport is not None
+        if not self._bytesSinceArmed:
+            # An idle connection, not a slow request: a 408 here could be
+            # read as the answer to a request the client is sending right now.
+            transport.loseConnection()
+            return
         self.log.info(
             "Closing {peer}: request headers not received within {timeout}s",
             peer=transport.getPeer(),

@@ -333,10 +333,20 @@ class Subscriber:
             lose()
 
     def closed(self) -> bool:
-        """Whether the connection is gone (so draining can stop waiting for it)."""
-        if self.transport is None:
+        """Whether the stream's bytes are out (so draining can stop waiting for it)."""
+        if self.transport is not None:
+            return _transport_closed(self.transport)
+        h2 = getattr(self._channel, "_conn", None)  # an HTTP/2 stream's connection
+        if h2 is None:
             return True
-        return _transport_closed(self.transport)
+        # HTTP/2: a stream has no transport of its own. Its frames are out once
+        # the connection has forgotten it and, all its streams ended (as when
+        # draining), has flushed and closed its TCP connection.
+        if self._channel.streamID in h2.streams:  # type: ignore[attr-defined]
+            return False
+        if not h2.streams and not getattr(h2.transport, "disconnecting", True):
+            h2.transport.loseConnection()
+        return _transport_closed(h2.transport)
 
     def abort(self) -> None:
         """Drop the connection now, without flushing: for slow or stuck clients."""
@@ -346,6 +356,10 @@ class Subscriber:
         self._queue = None
         transport = self.transport
         if transport is None:
+            # HTTP/2: reset this stream only (RST_STREAM), not the connection.
+            reset = getattr(self._channel, "abortConnection", None)
+            if reset is not None:
+                reset()
             return
         abort = getattr(transport, "abortConnection", None)
         if abort is not None:

@@ -652,17 +652,9 @@ def test_memory_returns_after_attacks(suite: Suite) -> None:
     assert grown < 20 * 1024 * 1024, f"RSS grew by {grown / 2**20:.1f} MiB"
 
 
-# Known weaknesses
+# Once weaknesses, now fixed: kept as regression tests
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "server bug: data nested just under json.loads' recursion limit parses, then "
-        "encode_json raises RecursionError, which PublishResource._publish does not catch "
-        "(it catches TypeError and ValueError): a 500 HTML page and a logged traceback"
-    ),
-)
 def test_nesting_at_the_recursion_limit(suite: Suite) -> None:
     """Every nesting depth gets 200 or a JSON 4xx, never a 500 (and no traceback)."""
     statuses = set()

@@ -372,15 +372,6 @@ def test_header_timeout(start: Callable[..., SSEServer]) -> None:
     stream.read_until(answer["id"].encode())
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "weakness: the header deadline is re-armed on an idle keep-alive connection "
-        "(_HeaderDeadlineChannel.requestDone) and _headersTooSlow always writes a 408, "
-        "so a client that sends nothing gets an unsolicited response, which a client "
-        "reusing the connection at that moment reads as the answer to its new request"
-    ),
-)
 def test_idle_keep_alive_is_closed_without_a_408(start: Callable[..., SSEServer]) -> None:
     """An idle keep-alive connection past --header-timeout is closed quietly."""
     server = start("--header-timeout", "1")

@@ -339,16 +339,6 @@ def test_h2_sigterm_with_open_stream_exits_promptly(tls_server: TLSServer) -> No
     assert "still open at drain deadline" not in log
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "server bug: over HTTP/2 the drain does not wait for a stream's final bytes. "
-        "Subscriber.closed() returns True at once because H2Stream.transport is None, "
-        "so drain() fires immediately, the reactor stops and the H2Connection's queued "
-        "DATA(retry:)+END_STREAM frames are never sent: the client sees the connection "
-        "drop instead of a clean end with a retry hint. See the report for the patch."
-    ),
-)
 def test_h2_drain_ends_stream_cleanly_with_retry(tls_server: TLSServer) -> None:
     """
     SIGTERM with an open HTTP/2 stream: as over HTTP/1.1, the stream gets a

@@ -125,6 +125,17 @@ def test_text_event_line_breaks(clock: Clock) -> None:
     assert only_events(c) == [("html", "<li>a</li>\n<li>b</li>\n<li>c</li>\n", "t-1")]
 
 
+def _deep(depth: int) -> list[object]:
+    """A list nested `depth` deep, built without recursion."""
+    root: list[object] = []
+    node = root
+    for _ in range(depth):
+        child: list[object] = []
+        node.append(child)
+        node = child
+    return root
+
+
 @pytest.mark.parametrize(
     "kwargs, error",
     [
@@ -141,6 +152,12 @@ def test_text_event_line_breaks(clock: Clock) -> None:
         ({"channel": "c", "event": "e", "data": {1j}}, TypeError),
         ({"channel": "c", "event": "e", "data": float("nan")}, ValueError),
         ({"channel": 5, "event": "e"}, TypeError),
+        ({"channel": "c\ud800", "event": "e"}, ValueError),
+        ({"channel": "c", "event": "e\udfff"}, ValueError),
+        ({"channel": "c", "event": "e", "text": "x\ud800"}, ValueError),
+        ({"channel": "c", "event": "e", "id": ""}, ValueError),
+        ({"channel": "c", "event": "e", "retry": 86_400_001}, ValueError),
+        ({"channel": "c", "event": "e", "data": _deep(5000)}, ValueError),
     ],
 )
 def test_bad_publish_raises_and_writes_nothing(

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sse_twisted.event import Event
+from sse_twisted.event import MAX_RETRY, Event
 from sse_twisted.parser import EventStreamParser, MessageEvent
 
 
@@ -423,8 +423,8 @@ _JSON = st.recursive(
 def events(draw: st.DrawFn) -> Event:
     channel = draw(_CHANNEL)
     name = draw(st.none() | _NO_BREAKS)
-    id_ = draw(st.none() | _NO_BREAKS)
-    retry = draw(st.none() | st.integers(min_value=0, max_value=10**9))
+    id_ = draw(st.none() | _NO_BREAKS.filter(bool))  # an empty id is refused
+    retry = draw(st.none() | st.integers(min_value=0, max_value=MAX_RETRY))
     if draw(st.booleans()):
         return Event.create(channel, name, text=draw(_TEXT), id=id_, retry=retry)
     return Event.create(channel, name, draw(_JSON), id=id_, retry=retry)
