@@ -2,26 +2,62 @@
 sse_twisted: Server-Sent Events for Twisted.
 
 A broker that holds open event streams and fans events out to them, with
-spec-exact framing, bounded per-client queues and clean draining; a
-twisted.web resource to mount it; and C{twistd sse} to run it standalone.
+spec-exact framing, bounded per-client queues, resume from a history, and
+clean draining; twisted.web resources and a Klein app to mount it;
+C{twistd sse} to run it standalone; an EventSource client for Twisted.
 """
 
+from typing import Any
+
 from ._version import __version__
-from .broker import SSEBroker
+from .auth import JWTAuth
+from .broker import IRelay, SSEBroker
+from .client import EventSource
+from .cors import CORSPolicy
 from .event import Event
+from .history import IHistory, MemoryHistory
+from .limits import RateLimiter, SubscriberLimits
+from .logstream import LogStreamObserver
+from .parser import EventStreamParser, MessageEvent
 from .paths import normalise_path
 from .resource import HealthResource, PublishResource, StreamResource
 from .service import SSEService
 from .subscriber import Subscriber
 
 __all__ = [
+    "CORSPolicy",
     "Event",
+    "EventSource",
+    "EventStreamParser",
     "HealthResource",
+    "IHistory",
+    "IRelay",
+    "JWTAuth",
+    "LogStreamObserver",
+    "MemoryHistory",
+    "MessageEvent",
     "PublishResource",
+    "RateLimiter",
     "SSEBroker",
     "SSEService",
     "StreamResource",
     "Subscriber",
+    "SubscriberLimits",
     "__version__",
+    "make_app",
+    "make_resource",
     "normalise_path",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    """
+    C{make_app} and C{make_resource} are imported on first use: importing Klein
+    installs the global reactor, which must stay the application's choice
+    (C{--reactor=asyncio}, tests with a C{Clock}).
+    """
+    if name in ("make_app", "make_resource"):
+        from . import app
+
+        return getattr(app, name)
+    raise AttributeError(f"module 'sse_twisted' has no attribute {name!r}")

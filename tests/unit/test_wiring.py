@@ -42,15 +42,23 @@ def test_normalise_path(given: str | None, expected: str) -> None:
 
 
 def test_exports() -> None:
-    """Every public name is exported from its home module."""
-    from sse_twisted import broker, event, resource, service
+    """Every public name is the object from its home module (nothing re-defined)."""
+    import importlib
 
-    assert sse_twisted.SSEBroker is broker.SSEBroker
-    assert sse_twisted.Event is event.Event
-    assert sse_twisted.StreamResource is resource.StreamResource
-    assert sse_twisted.SSEService is service.SSEService
-    for name in sse_twisted.__all__:
-        assert getattr(sse_twisted, name) is not None
+    homes = {
+        "CORSPolicy": "cors", "Event": "event", "EventSource": "client",
+        "EventStreamParser": "parser", "HealthResource": "resource", "IHistory": "history",
+        "IRelay": "broker", "JWTAuth": "auth", "LogStreamObserver": "logstream",
+        "MemoryHistory": "history", "MessageEvent": "parser", "PublishResource": "resource",
+        "RateLimiter": "limits", "SSEBroker": "broker", "SSEService": "service",
+        "StreamResource": "resource", "Subscriber": "subscriber",
+        "SubscriberLimits": "limits", "make_app": "app", "make_resource": "app",
+        "normalise_path": "paths", "__version__": "_version",
+    }  # fmt: skip
+    assert set(sse_twisted.__all__) == set(homes)
+    for name, module in homes.items():
+        home = importlib.import_module(f"sse_twisted.{module}")
+        assert getattr(sse_twisted, name) is getattr(home, name), name
 
 
 def test_plugin_is_found() -> None:
@@ -229,3 +237,16 @@ def test_log_stream_observer() -> None:
     data = json.loads(event.data)
     assert event.type == "log"
     assert (data["level"], data["namespace"], data["text"]) == ("warn", "app", "disk 91% full")
+
+
+def test_import_leaves_reactor_choice_to_the_application() -> None:
+    """Importing sse_twisted (and its client) does not install the global reactor."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, sse_twisted, sse_twisted.client, sse_twisted.broker, sse_twisted.resource;"
+        "print('twisted.internet.reactor' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.stdout.strip() == "False", out.stderr
