@@ -14,8 +14,9 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, cast
 
+from twisted.internet import tcp
 from twisted.internet.interfaces import IPushProducer
 from twisted.logger import Logger
 from twisted.web.http import HTTPChannel
@@ -62,6 +63,43 @@ def reset_notice(last_id: str) -> bytes:
     between may be lost. No id, so the client's last event id stays as it was.
     """
     return _frame(encode_json({"lastEventId": last_id, "reason": "unknown-id"}), event=RESET_EVENT)
+
+
+def direct_writer(transport: Any) -> Callable[[bytes], object]:
+    """
+    A write function for C{transport} that sends at once when nothing is
+    waiting in its buffer.
+
+    Twisted's C{write} buffers the bytes and asks the reactor to watch the
+    socket for writability, then sends on the next loop and stops watching:
+    a send plus two C{epoll_ctl} calls per event per subscriber. Writing
+    through costs one C{send}; whatever the kernel does not take goes to
+    C{transport.write} as before, so ordering, buffering, flow control
+    (pauseProducing) and error handling stay Twisted's. Only for plain TCP
+    connections, whose buffer fields we know; any other transport (TLS,
+    HTTP/2, tests) gets its own C{write}.
+    """
+    if type(transport) is not tcp.Server:
+        return cast(Callable[[bytes], object], transport.write)
+    send = transport.socket.send
+    buffered = transport.write
+
+    def write(data: bytes) -> None:
+        t = transport
+        if t._tempDataLen or t.offset < len(t.dataBuffer) or t.disconnecting or not t.connected:
+            buffered(data)
+            return
+        try:
+            sent = send(data)
+        except BlockingIOError:
+            sent = 0
+        except OSError:
+            buffered(data)  # Twisted finds and reports the error as it writes
+            return
+        if sent < len(data):
+            buffered(data[sent:])
+
+    return write
 
 
 def _transport_closed(transport: Any) -> bool:
@@ -232,7 +270,7 @@ class Subscriber:
             and getattr(request, "chunked", False)
             and self.transport is not None
         ):
-            self._chunk_writer = self.transport.write
+            self._chunk_writer = direct_writer(self.transport)
             self._set_live(self._live)
 
     def _set_live(self, live: bool) -> None:
