@@ -91,6 +91,8 @@ class SSEBroker:
         (C{0} or L{None}: none), or an L{IHistory} to keep them in.
     @param history_ttl: seconds after which the in-memory history forgets an
         event (C{0}: never).
+    @param log_clients: log each subscriber's connect and disconnect at debug
+        level (off by default: at thousands of clients it is most of the log).
     @param relay: an L{IRelay} to publish through (several nodes); its
         events come back through L{dispatch}. Publishing then returns
         Deferreds, and ids are the relay's.
@@ -110,6 +112,7 @@ class SSEBroker:
         history: int | IHistory | None = 1000,
         history_ttl: float = 0,
         relay: IRelay | None = None,
+        log_clients: bool = False,
     ) -> None:
         if queue_size < 1:
             raise ValueError(f"queue_size must be at least 1, got {queue_size}")
@@ -125,6 +128,7 @@ class SSEBroker:
             raise ValueError("overflow='catchup' needs a history to catch up from")
         self.history: IHistory | None = history
         self.relay = relay
+        self.log_clients = log_clients
         #: Says which channels are private: subscribers of every channel never
         #: receive those (set by the auth configuration).
         self.private: Callable[[str], bool] | None = None
@@ -205,11 +209,12 @@ class SSEBroker:
         sub.enable_fast_path()
         if last_event_id:
             sub.resume_from(last_event_id)
-        self.log.debug(
-            "SSE client {peer} subscribed to {channels}",
-            peer=request.getClientAddress(),
-            channels=sorted(wanted) if wanted else "all channels",
-        )
+        if self.log_clients:
+            self.log.debug(
+                "SSE client {peer} subscribed to {channels}",
+                peer=request.getClientAddress(),
+                channels=sorted(wanted) if wanted else "all channels",
+            )
         return NOT_DONE_YET
 
     def turn_away(self, request: Request, reason: str) -> int:
@@ -261,7 +266,8 @@ class SSEBroker:
     def _gone(self, result: Failure | None, sub: Subscriber) -> None:
         """The request finished or its connection was lost: forget it."""
         self._remove(sub)
-        self.log.debug("SSE client {peer} gone", peer=sub._peer())
+        if self.log_clients:
+            self.log.debug("SSE client {peer} gone", peer=sub._peer())
         # Returning None consumes a disconnect Failure: a client leaving is normal.
 
     def client_count(self, channel: str | None = None) -> int:

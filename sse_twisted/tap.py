@@ -70,6 +70,8 @@ class Options(usage.Options):
     optFlags = [
         ["no-demo", None, "Do not serve the demo page at /."],
         ["no-metrics", None, "Do not serve Prometheus metrics."],
+        ["access-log", None, "Log a line per HTTP request (publishes, and streams as they end)."],
+        ["log-clients", None, "Log each subscriber's connect and disconnect (debug level)."],
     ]
 
     optParameters = [
@@ -283,6 +285,7 @@ def makeService(options: Options) -> IService:
         heartbeat=options["heartbeat"],
         retry=options["retry"],
         history=history,
+        log_clients=bool(options["log-clients"]),
         history_ttl=options["history-ttl"],
     )
     auth = None
@@ -316,7 +319,9 @@ def makeService(options: Options) -> IService:
         auth=auth,
         publish_rate=rate,
     )
-    site = SSESite(root, header_timeout=options["header-timeout"])
+    site = SSESite(
+        root, header_timeout=options["header-timeout"], access_log=bool(options["access-log"])
+    )
     site.displayTracebacks = False
     banner = (
         f"; stream at {normalise_path(options['path'])}, publish at "

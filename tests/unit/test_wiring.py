@@ -250,3 +250,38 @@ def test_import_leaves_reactor_choice_to_the_application() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.stdout.strip() == "False", out.stderr
+
+
+@pytest.mark.parametrize("on", [True, False])
+def test_client_logging_is_opt_in(on: bool) -> None:
+    """Subscriber connects and disconnects are logged at debug level only with log_clients."""
+    from twisted.logger import globalLogPublisher
+
+    seen: list[dict[str, object]] = []
+    globalLogPublisher.addObserver(seen.append)
+    try:
+        clock = Clock()
+        broker = SSEBroker(reactor=clock, heartbeat=0, log_clients=on)
+        root = Resource()
+        root.putChild(b"events", broker.resource())
+        Conn(make_site(root, clock), b"/events?channel=a").drop()
+    finally:
+        globalLogPublisher.removeObserver(seen.append)
+    mine = [e for e in seen if e.get("log_namespace", "").startswith("sse_twisted.broker")]  # type: ignore[union-attr]
+    assert len(mine) == (2 if on else 0)
+    assert all(e["log_level"] == LogLevel.debug for e in mine)
+
+
+def test_site_access_log_is_opt_in() -> None:
+    """SSESite writes access-log lines only with access_log=True, and never parses forms."""
+    from sse_twisted.resource import PageResource
+    from sse_twisted.site import SSESite
+
+    for on in (True, False):
+        site = SSESite(PageResource(b"ok", b"text/plain"), access_log=on)
+        lines: list[object] = []
+        site._logFormatter = lambda timestamp, request: lines.append(request) or "line"  # type: ignore[attr-defined]
+        site._logFile = type("F", (), {"write": lambda self, s: None})()  # type: ignore[attr-defined]
+        conn = Conn(site, b"/")
+        assert bool(lines) == on, conn.raw()
+        assert site._parsePOSTFormSubmission is False
