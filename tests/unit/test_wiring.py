@@ -280,7 +280,7 @@ def test_site_access_log_is_opt_in() -> None:
     for on in (True, False):
         site = SSESite(PageResource(b"ok", b"text/plain"), access_log=on)
         lines: list[object] = []
-        site._logFormatter = lambda timestamp, request: lines.append(request) or "line"  # type: ignore[attr-defined]
+        site._logFormatter = lambda timestamp, request, lines=lines: lines.append(request) or "line"  # type: ignore[attr-defined]
         site._logFile = type("F", (), {"write": lambda self, s: None})()  # type: ignore[attr-defined]
         conn = Conn(site, b"/")
         assert bool(lines) == on, conn.raw()
