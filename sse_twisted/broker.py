@@ -372,15 +372,7 @@ class SSEBroker:
             try:
                 if self.relay is not None and item.get("id") is not None:
                     raise ValueError("ids are chosen by the relay (Redis); leave 'id' out")
-                events.append(
-                    Event.create(
-                        item["channel"],
-                        item.get("event"),
-                        item.get("data"),
-                        text=item.get("text"),
-                        retry=item.get("retry"),
-                    )
-                )
+                events.append(_event_from(item, None))
             except (TypeError, ValueError) as e:
                 e.sse_item = index  # type: ignore[union-attr]  # read by the resource
                 raise
@@ -442,13 +434,8 @@ class SSEBroker:
                 taken += 1
             try:
                 events.append(
-                    Event.create(
-                        item["channel"],
-                        item.get("event"),
-                        item.get("data"),
-                        text=item.get("text"),
-                        id=given if given is not None else f"{self._prefix}-{self._seq + taken}",
-                        retry=item.get("retry"),
+                    _event_from(
+                        item, given if given is not None else f"{self._prefix}-{self._seq + taken}"
                     )
                 )
             except (TypeError, ValueError) as e:
@@ -637,6 +624,18 @@ class SSEBroker:
         from .resource import StreamResource
 
         return StreamResource(self)
+
+
+def _event_from(item: Mapping[str, Any], id: str | None) -> Event:
+    """An L{Event} from a mapping with L{SSEBroker.publish}'s argument names."""
+    return Event.create(
+        item["channel"],
+        item.get("event"),
+        item.get("data"),
+        text=item.get("text"),
+        id=id,
+        retry=item.get("retry"),
+    )
 
 
 def _set_stream_headers(request: Request) -> None:
