@@ -48,6 +48,7 @@ GO_REFERENCE = Path(
     os.environ.get("SSE_GO_REFERENCE", ROOT.parent / "shared" / "reference" / "sse.go")
 )
 GIN_SRC = Path("/usr/share/gocode/src/github.com/gin-gonic/gin")
+REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
 SERVER_CPU = "0"
 LOAD_CPU = "1"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -62,7 +63,11 @@ ALL_SERVERS = [
 ]
 PY_PEERS = ["starlette-h11", "starlette-uvloop", "aiohttp-sse"]
 DEFAULT_SCENARIOS = ["idle", "burst", "paced", "slow", "channels"]
-ALL_SCENARIOS = ["idle", "burst", "paced", "slow", "capacity", "channels"]
+# Scale-out: sse_twisted alone vs two sse_twisted nodes sharing one redis-server.
+REDIS_SCENARIOS = ["redis-burst", "redis-paced"]  # `--scenarios redis` selects both
+REDIS_SETUPS = ["single", "redis-2"]  # what these scenarios compare, instead of the servers
+REDIS_REF = "single"
+ALL_SCENARIOS = ["idle", "burst", "paced", "slow", "capacity", "channels", *REDIS_SCENARIOS]
 PAD_100B = 64  # pad length that makes an event's JSON data about 100 bytes
 
 # Scenario sizes: full run, and the --quick smoke run.
@@ -87,6 +92,8 @@ PARAMS: dict[str, dict[str, dict[str, Any]]] = {
             "pad": PAD_100B,
             "control": 10,
         },
+        "redis-burst": {"conns": 1000, "procs": 2, "events": 200, "pad": PAD_100B},
+        "redis-paced": {"conns": 1000, "procs": 2, "rate": 50, "seconds": 6, "pad": PAD_100B},
     },
     "quick": {
         "idle": {"conns": 1000},
@@ -102,6 +109,8 @@ PARAMS: dict[str, dict[str, dict[str, Any]]] = {
             "hold": 3,
         },
         "channels": {"conns": 2000, "channels": 200, "events": 500, "pad": PAD_100B, "control": 10},
+        "redis-burst": {"conns": 200, "procs": 2, "events": 50, "pad": PAD_100B},
+        "redis-paced": {"conns": 200, "procs": 2, "rate": 50, "seconds": 2, "pad": PAD_100B},
     },
 }
 SSE_HISTORY = 1000  # sse_twisted's default --history, counted in the slow-consumer bound
@@ -200,6 +209,23 @@ def sse_twisted_available() -> tuple[bool, str]:
         return False, "`twistd sse --help` failed: " + r.stderr.decode(errors="replace").strip()[
             -200:
         ]
+    return True, ""
+
+
+def redis_available() -> tuple[bool, str]:
+    """The scale-out scenarios need redis-server and sse_twisted's `redis` extra (txredisapi)."""
+    if not Path(REDIS_SERVER).exists():
+        return False, "`redis-server` not installed (Debian: redis-server)"
+    ok, why = sse_twisted_available()
+    if not ok:
+        return False, why
+    py = MAIN_VENV / "bin" / "python"
+    try:
+        r = subprocess.run([str(py), "-c", "import txredisapi"], capture_output=True, timeout=60)
+    except (subprocess.TimeoutExpired, OSError) as e:
+        return False, f"cannot check txredisapi: {e}"
+    if r.returncode != 0:
+        return False, "txredisapi missing in /work/main/.venv (pip install '.[redis]')"
     return True, ""
 
 
@@ -329,12 +355,18 @@ def server_cmd(name: str, port: int, heartbeat: float, queue: int) -> list[str]:
 
 class Server:
     def __init__(
-        self, name: str, logfile: Path, heartbeat: float = 0, queue: int = DEFAULT_QUEUE
+        self,
+        name: str,
+        logfile: Path,
+        heartbeat: float = 0,
+        queue: int = DEFAULT_QUEUE,
+        extra: list[str] | None = None,
     ) -> None:
         self.name = name
         self.port = free_port()
         self.logf = open(logfile, "wb")  # noqa: SIM115 - closed in stop(), outlives this call
         cmd = ["taskset", "-c", SERVER_CPU, *server_cmd(name, self.port, heartbeat, queue)]
+        cmd += extra or []
         rundir = BUILD / "run"
         rundir.mkdir(parents=True, exist_ok=True)
         env = dict(os.environ, PYTHONUNBUFFERED="1")
@@ -369,6 +401,30 @@ class Server:
             f"{self.name} not listening on {self.port} after {timeout}s: {self.log_tail()}"
         )
 
+    def wait_health(self, timeout: float = 30.0) -> None:
+        """Until GET /health answers 200 (with --redis: once Redis is connected)."""
+        deadline = time.monotonic() + timeout
+        head = b""
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(
+                    f"{self.name} exited with {self.proc.returncode}: {self.log_tail()}"
+                )
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=1.0) as s:
+                    s.sendall(
+                        b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+                    )
+                    head = s.recv(64)
+                if head.split(b" ", 2)[1:2] == [b"200"]:
+                    return
+            except OSError:
+                pass
+            time.sleep(0.1)
+        raise RuntimeError(
+            f"{self.name} /health not 200 after {timeout}s ({head[:40]!r}): {self.log_tail()}"
+        )
+
     def log_tail(self) -> str:
         try:
             return self.logfile.read_text(errors="replace")[-800:]
@@ -384,6 +440,111 @@ class Server:
                 self.proc.kill()
                 self.proc.wait(5)
         self.logf.close()
+
+
+class RedisServer:
+    """A throwaway redis-server on a free loopback port, no persistence, on the servers' core."""
+
+    def __init__(self, logfile: Path) -> None:
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.logfile = logfile
+        self.logf = open(logfile, "wb")  # noqa: SIM115 - closed in stop(), outlives this call
+        rundir = BUILD / "run"
+        rundir.mkdir(parents=True, exist_ok=True)
+        # redis-server runs under `taskset -c SERVER_CPU` with exec: same PID as the Popen
+        cmd = [
+            "taskset",
+            "-c",
+            SERVER_CPU,
+            REDIS_SERVER,
+            "--port",
+            str(self.port),
+            "--bind",
+            "127.0.0.1",
+            "--protected-mode",
+            "yes",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--daemonize",
+            "no",
+            "--dir",
+            str(rundir),
+        ]
+        self.proc = subprocess.Popen(
+            cmd,
+            stdout=self.logf,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            cwd=str(rundir),
+            start_new_session=True,
+        )
+        self.pid = self.proc.pid
+
+    def wait_ready(self, timeout: float = 30.0) -> None:
+        """Until PING answers +PONG."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"redis-server exited with {self.proc.returncode}")
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=1.0) as s:
+                    s.sendall(b"PING\r\n")
+                    if s.recv(16).startswith(b"+PONG"):
+                        return
+            except OSError:
+                pass
+            time.sleep(0.1)
+        raise RuntimeError(f"redis-server not answering PING on {self.port} after {timeout}s")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(2)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        self.logf.close()
+
+
+class Cluster:
+    """A scale-out setup: `single` (one sse_twisted, no Redis) or `redis-2` (one redis-server,
+    two sse_twisted nodes with --redis). Everything on the servers' core."""
+
+    def __init__(self, setup: str, outdir: Path, tag: str) -> None:
+        if setup not in REDIS_SETUPS:
+            raise ValueError(f"unknown setup {setup!r}")
+        self.setup, self.outdir, self.tag = setup, outdir, tag
+        self.redis: RedisServer | None = None
+        self.nodes: list[Server] = []
+
+    def start(self) -> None:
+        extra: list[str] = []
+        if self.setup == "redis-2":
+            self.redis = RedisServer(self.outdir / f"{self.tag}-redis.log")
+            self.redis.wait_ready()
+            extra = ["--redis", self.redis.url]
+        for node in ("A", "B") if self.redis else ("A",):
+            log_name = f"{self.tag}-{node}.log" if self.redis else f"{self.tag}.log"
+            self.nodes.append(Server(REFERENCE, self.outdir / log_name, extra=extra))
+        for srv in self.nodes:
+            srv.wait_health()
+
+    @property
+    def ports(self) -> list[int]:
+        return [s.port for s in self.nodes]
+
+    def usage(self) -> tuple[list[Usage], Usage | None]:
+        return [Usage(s.pid) for s in self.nodes], Usage(self.redis.pid) if self.redis else None
+
+    def stop(self) -> None:
+        for srv in self.nodes:
+            srv.stop()
+        if self.redis:
+            self.redis.stop()
 
 
 # ----------------------------------------------------------------------------- load generator
@@ -634,8 +795,12 @@ def connect(
     time_limit: float = 120,
     connect_timeout: float = 60,
     src_base: int = 0,
+    ports: list[int] | None = None,
 ) -> tuple[Subs, float, dict]:
-    """Open `conns` streams over `procs` load processes; return when all resolved."""
+    """Open `conns` streams over `procs` load processes; return when all resolved.
+
+    With `ports`, load process i connects to ports[i % len(ports)] instead of `port`.
+    """
     t0 = time.monotonic()
     per = [conns // procs + (1 if i < conns % procs else 0) for i in range(procs)]
     subs = []
@@ -643,7 +808,7 @@ def connect(
         src = f"127.0.0.{src_base + i}" if src_base else None
         subs.append(
             LoadSub(
-                port,
+                ports[i % len(ports)] if ports else port,
                 n,
                 time_limit=time_limit,
                 stalled=stalled if i == 0 else 0,
@@ -977,6 +1142,110 @@ def sc_channels(srv: Server, p: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def _cluster_delivery(
+    cl: Cluster, p: dict[str, Any], *, rate: float, count: int, timeout: float
+) -> dict[str, Any]:
+    """Like _delivery, over a Cluster: `procs` load processes split over the nodes (process i
+    on node i % nodes), every event published to the first node only. Node CPU is summed over
+    the nodes (clock ticks, as everywhere); Redis's CPU is taken from schedstat (ns), since a
+    run costs it only a few ticks."""
+    ports = cl.ports
+    subs, dt, _ = connect(
+        ports[0],
+        p["conns"],
+        procs=p["procs"],
+        ports=ports,
+        expect=count,
+        time_limit=timeout + 120,
+        connect_timeout=60,
+    )
+    try:
+        warm = warm_up(subs, ports[0])
+        # 1 s idle with every stream open: what the nodes and Redis cost with nothing published
+        i0 = cl.usage()
+        time.sleep(1.0)
+        i1 = cl.usage()
+        subs.send("reset")
+        subs.clear("DONE")
+        u0, l0, c0 = cl.usage(), subs.cpu_s(), children_cpu_s()
+        pub = run_pub(ports[0], count, rate=rate, pad=p["pad"], time_limit=timeout)
+        complete = subs.wait_delivered(timeout=timeout, stall=5.0)
+        u1, l1, c1 = cl.usage(), subs.cpu_s(), children_cpu_s()
+    finally:
+        res = subs.quit()
+    delivered = total(res, "events")
+    readers = total(res, "open_readers")
+    expected = count * readers
+    ok = pub.get("ok") or 0
+    last = max((r.get("last_ns", 0) for r in res), default=0)
+    span_s = (last - pub["first_ns"]) / 1e9 if last and pub.get("first_ns") else None
+    pub_s = (pub["last_resp_ns"] - pub["first_ns"]) / 1e9 if pub.get("last_resp_ns") else None
+    wall = u1[0][0].t - u0[0][0].t
+    idle_wall = i1[0][0].t - i0[0][0].t
+    cpu = sum(b.cpu - a.cpu for a, b in zip(u0[0], u1[0], strict=True))
+    cpu_ns = sum(b.cpu_ns - a.cpu_ns for a, b in zip(u0[0], u1[0], strict=True))
+    idle_ns = sum(b.cpu_ns - a.cpu_ns for a, b in zip(i0[0], i1[0], strict=True))
+    r0, r1, ri0, ri1 = u0[1], u1[1], i0[1], i1[1]
+    redis_ns = r1.cpu_ns - r0.cpu_ns if r0 and r1 else None
+    redis_idle_ns = ri1.cpu_ns - ri0.cpu_ns if ri0 and ri1 else None
+    per_node = [0] * len(ports)
+    for i, r in enumerate(res):
+        per_node[i % len(ports)] += int(r.get("events", 0))
+    return {
+        "cpu_us_per_event": cpu * 1e6 / delivered if delivered else None,
+        "cpu_ns_precise_per_event": cpu_ns / delivered if delivered else None,
+        "cpu_us_per_publish": cpu * 1e6 / ok if ok else None,
+        "redis_cpu_us_per_event": redis_ns / 1e3 / delivered
+        if redis_ns is not None and delivered
+        else None,
+        "redis_cpu_us_per_publish": redis_ns / 1e3 / ok if redis_ns is not None and ok else None,
+        "total_cpu_us_per_event": (cpu_ns + (redis_ns or 0)) / 1e3 / delivered
+        if delivered
+        else None,
+        "events_per_s": delivered / span_s if span_s else None,
+        "publishes_per_s": ok / pub_s if pub_s else None,
+        "delivered_pct": 100.0 * delivered / expected if expected else 0.0,
+        "delivered": delivered,
+        "delivered_per_node": per_node,
+        "expected": expected,
+        "published_ok": pub.get("ok"),
+        "complete": complete,
+        "readers": readers,
+        "nodes": len(ports),
+        "connect_s": dt,
+        "warm": warm,
+        "cpu_s": cpu,
+        "server_cpu_pct": 100 * cpu / wall,
+        "redis_cpu_pct": 100 * redis_ns / 1e9 / wall if redis_ns is not None else None,
+        "idle_server_cpu_pct": 100 * idle_ns / 1e9 / idle_wall,
+        "idle_redis_cpu_pct": 100 * redis_idle_ns / 1e9 / idle_wall
+        if redis_idle_ns is not None
+        else None,
+        "loadgen_cpu_pct": 100 * (l1 - l0) / wall,
+        "publisher_cpu_pct": 100 * (c1 - c0) / wall,
+        "rss_mib": sum(u.mem["VmRSS"] for u in u1[0]) / 1024,
+        "redis_rss_mib": r1.mem["VmRSS"] / 1024 if r1 else None,
+        **lat_ms(res),
+        "_raw": {
+            "pub": pub,
+            "subs": strip(res),
+            "u0": [u.__dict__ for u in u0[0]],
+            "u1": [u.__dict__ for u in u1[0]],
+            "redis_u0": r0.__dict__ if r0 else None,
+            "redis_u1": r1.__dict__ if r1 else None,
+        },
+    }
+
+
+def sc_redis_burst(cl: Cluster, p: dict[str, Any]) -> dict[str, Any]:
+    return _cluster_delivery(cl, p, rate=0, count=p["events"], timeout=90)
+
+
+def sc_redis_paced(cl: Cluster, p: dict[str, Any]) -> dict[str, Any]:
+    count = int(p["rate"] * p["seconds"])
+    return _cluster_delivery(cl, p, rate=p["rate"], count=count, timeout=p["seconds"] + 30)
+
+
 SCENARIOS = {
     "idle": sc_idle,
     "burst": sc_burst,
@@ -984,6 +1253,8 @@ SCENARIOS = {
     "slow": sc_slow,
     "capacity": sc_capacity,
     "channels": sc_channels,
+    "redis-burst": sc_redis_burst,
+    "redis-paced": sc_redis_paced,
 }
 
 # Columns shown in the tables: (key, label, format).
@@ -1030,6 +1301,25 @@ COLUMNS: dict[str, list[tuple[str, str, str]]] = {
         ("cpu_us_per_event", "CPU µs/event", ".2f"),
         ("delivered_pct", "delivered %", ".1f"),
     ],
+    "redis-burst": [
+        ("events_per_s", "events/s", ",.0f"),
+        ("delivered_pct", "delivered %", ".1f"),
+        ("p50_ms", "p50 ms", ".1f"),
+        ("p99_ms", "p99 ms", ".1f"),
+        ("cpu_us_per_event", "nodes CPU µs/event", ".2f"),
+        ("redis_cpu_us_per_event", "Redis CPU µs/event", ".3f"),
+        ("redis_cpu_us_per_publish", "Redis CPU µs/publish", ".1f"),
+        ("publishes_per_s", "publishes/s", ",.0f"),
+    ],
+    "redis-paced": [
+        ("p50_ms", "p50 ms", ".2f"),
+        ("p99_ms", "p99 ms", ".2f"),
+        ("max_ms", "max ms", ".1f"),
+        ("delivered_pct", "delivered %", ".1f"),
+        ("cpu_us_per_event", "nodes CPU µs/event", ".2f"),
+        ("redis_cpu_us_per_event", "Redis CPU µs/event", ".3f"),
+        ("redis_cpu_us_per_publish", "Redis CPU µs/publish", ".1f"),
+    ],
 }
 
 DESCRIPTIONS = {
@@ -1042,6 +1332,10 @@ DESCRIPTIONS = {
     "then a burst of {events} events",
     "channels": "channels: {conns} subscribers over {channels} channels, {events} events each to one random "
     "channel; control = {control} subscribers on one channel alone",
+    "redis-burst": "scale-out burst: {conns} subscribers over {procs} load processes (redis-2: half on each "
+    "node), {events} events of ~100 B back to back, all published to the first node",
+    "redis-paced": "scale-out paced: {conns} subscribers over {procs} load processes (redis-2: half on each "
+    "node), {rate} events/s for {seconds} s published to the first node; publish-to-receive latency",
 }
 
 
@@ -1092,15 +1386,17 @@ def render(
 ) -> str:
     lines = []
     for sc in scenarios:
-        summ = summarize(runs, sc, servers)
+        rows, sc_ref = (REDIS_SETUPS, REDIS_REF) if sc in REDIS_SCENARIOS else (servers, ref)
+        summ = summarize(runs, sc, rows)
         if not summ:
             continue
         lines.append(f"### {sc} — {DESCRIPTIONS[sc].format(**params[sc])}")
         lines.append("")
         cols = COLUMNS[sc]
-        lines.append("| server | n | " + " | ".join(c[1] for c in cols) + " |")
+        what = "setup" if sc in REDIS_SCENARIOS else "server"
+        lines.append(f"| {what} | n | " + " | ".join(c[1] for c in cols) + " |")
         lines.append("|---|---|" + "---|" * len(cols))
-        for s in servers:
+        for s in rows:
             if s not in summ:
                 continue
             cells = []
@@ -1110,18 +1406,29 @@ def render(
                     cells.append("–")
                     continue
                 cell = f"{fmt(st['median'], f)} [{fmt(st['min'], f)}–{fmt(st['max'], f)}]"
-                refst = summ.get(ref, {}).get(key)
-                if s != ref and refst and refst["median"]:
+                refst = summ.get(sc_ref, {}).get(key)
+                if s != sc_ref and refst and refst["median"]:
                     cell += f" ×{st['median'] / refst['median']:.2f}"
                 cells.append(cell)
             errs = sum(1 for r in runs if r["scenario"] == sc and r["server"] == s and "error" in r)
             name = s + (f" ({errs} failed)" if errs else "")
             lines.append(f"| {name} | {summ[s]['n']} | " + " | ".join(cells) + " |")
         lines.append("")
+    redis_ratio = (
+        f" (scale-out tables: / {REDIS_REF}'s)"
+        if any(s in REDIS_SCENARIOS for s in scenarios)
+        else ""
+    )
     lines.append(
-        f"Cells: median [min–max] over rounds; ×r = this server's median / {ref}'s median."
+        f"Cells: median [min–max] over rounds; ×r = this server's median / {ref}'s median{redis_ratio}."
     )
     lines.append("")
+    scale = scale_out_summary(runs, scenarios)
+    if scale:
+        lines.append("### scale-out: what Redis adds")
+        lines.append("")
+        lines.extend(f"- {t}" for t in scale)
+        lines.append("")
     targets = check_targets(runs, servers, ref)
     if targets:
         lines.append("### targets")
@@ -1134,6 +1441,43 @@ def render(
         lines.extend(f"- {n}" for n in notes)
         lines.append("")
     return "\n".join(lines)
+
+
+def scale_out_summary(runs: list[dict[str, Any]], scenarios: list[str]) -> list[str]:
+    """redis-2 against single, from the medians of the scale-out scenarios."""
+    one, two = REDIS_SETUPS
+
+    def pair(sc: str, key: str) -> tuple[float | None, float | None]:
+        summ = summarize(runs, sc, REDIS_SETUPS)
+        return tuple(summ.get(s, {}).get(key, {}).get("median") for s in (one, two))  # type: ignore[return-value]
+
+    out = []
+    if "redis-burst" in scenarios:
+        e1, e2 = pair("redis-burst", "events_per_s")
+        c1, c2 = pair("redis-burst", "cpu_us_per_event")
+        n1, n2 = pair("redis-burst", "cpu_us_per_publish")
+        rd = pair("redis-burst", "redis_cpu_us_per_event")[1]
+        rp = pair("redis-burst", "redis_cpu_us_per_publish")[1]
+        if e1 and e2 and c1 is not None and c2 is not None:
+            out.append(
+                f"burst: {two} delivers {e2:,.0f} events/s vs {e1:,.0f} for {one} (×{e2 / e1:.2f}); "
+                f"nodes' CPU per delivered event {c2:.2f} µs vs {c1:.2f} µs ({c2 - c1:+.2f} µs), "
+                f"per publish {fmt(n2, '.0f')} µs vs {fmt(n1, '.0f')} µs; Redis adds {fmt(rd, '.3f')} µs "
+                f"per delivered event, {fmt(rp, '.1f')} µs per publish"
+            )
+    if "redis-paced" in scenarios:
+        p50 = pair("redis-paced", "p50_ms")
+        p99 = pair("redis-paced", "p99_ms")
+        c1, c2 = pair("redis-paced", "cpu_us_per_event")
+        rp = pair("redis-paced", "redis_cpu_us_per_publish")[1]
+        if p50[0] is not None and p50[1] is not None:
+            out.append(
+                f"paced: publish-to-receive p50 {p50[1]:.2f} ms vs {p50[0]:.2f} ms "
+                f"({p50[1] - p50[0]:+.2f} ms), p99 {fmt(p99[1], '.2f')} ms vs {fmt(p99[0], '.2f')} ms; "
+                f"nodes' CPU per delivered event {fmt(c2, '.2f')} µs vs {fmt(c1, '.2f')} µs; "
+                f"Redis {fmt(rp, '.1f')} µs per publish"
+            )
+    return out
 
 
 def check_targets(runs: list[dict[str, Any]], servers: list[str], ref: str) -> list[str]:
@@ -1326,7 +1670,8 @@ def main() -> int:
     ap.add_argument(
         "--scenarios",
         default=",".join(DEFAULT_SCENARIOS),
-        help=f"comma list from {','.join(ALL_SCENARIOS)} or 'all' (default: all but capacity)",
+        help=f"comma list from {','.join(ALL_SCENARIOS)}, 'redis' (= both redis-*) or 'all' "
+        "(default: all but capacity and the redis-* scale-out pair)",
     )
     ap.add_argument(
         "--capacity", action="store_true", help="add the capacity scenario (~19,900 subscribers)"
@@ -1375,6 +1720,9 @@ def main() -> int:
     scenarios = (
         ALL_SCENARIOS if args.scenarios == "all" else [s for s in args.scenarios.split(",") if s]
     )
+    # 'redis' is an alias for the scale-out pair; duplicates dropped, order kept
+    scenarios = [x for s in scenarios for x in (REDIS_SCENARIOS if s == "redis" else [s])]
+    scenarios = list(dict.fromkeys(scenarios))
     if args.capacity and "capacity" not in scenarios:
         scenarios = [s for s in ALL_SCENARIOS if s in scenarios or s == "capacity"]
     for s in scenarios:
@@ -1403,16 +1751,33 @@ def main() -> int:
             notes.append(f"sse_twisted skipped: {why}")
             servers.remove("sse_twisted")
     ref = REFERENCE if REFERENCE in servers else (servers[0] if servers else REFERENCE)
-    if ref != REFERENCE:
+    peers_run = any(s not in REDIS_SCENARIOS for s in scenarios)
+    if ref != REFERENCE and peers_run:
         notes.append(f"ratios are against {ref} because sse_twisted did not run")
-    notes.append(
-        "go-gin is the original broker verbatim: fixed 64-event buffer per client that drops when "
-        "full, no heartbeat, and it scans every client on each publish"
-    )
+    if peers_run:
+        notes.append(
+            "go-gin is the original broker verbatim: fixed 64-event buffer per client that drops when "
+            "full, no heartbeat, and it scans every client on each publish"
+        )
     notes.append(
         f"servers on CPU {SERVER_CPU}, load generator, publisher and harness on CPU {LOAD_CPU} (taskset); "
         f"per-subscriber queue {DEFAULT_QUEUE} (slow consumers: {params['slow']['queue']}), drop on overflow"
     )
+    if any(s in REDIS_SCENARIOS for s in scenarios):
+        ok, why = redis_available()
+        if ok:
+            notes.append(
+                f"scale-out (redis-*): `{REDIS_SETUPS[0]}` is one sse_twisted without Redis; `{REDIS_SETUPS[1]}` is "
+                "one redis-server (fresh, free loopback port, --save '' --appendonly no) and two sse_twisted "
+                f"nodes with --redis, every event published to the first node. Nodes and redis-server all on CPU "
+                f"{SERVER_CPU}, the two nodes sharing it, so this shows the cost of the Redis path, not the "
+                f"scaling over cores; the load (two loadgen processes, one per node in {REDIS_SETUPS[1]}, both on "
+                f"the one node in {REDIS_SETUPS[0]}) and the publisher on CPU {LOAD_CPU}. Nodes' CPU is summed "
+                "over both nodes (/proc/PID/stat ticks); Redis CPU from /proc/PID/task/*/schedstat (ns)"
+            )
+        else:
+            notes.append(f"scale-out scenarios skipped: {why}")
+            scenarios = [s for s in scenarios if s not in REDIS_SCENARIOS]
 
     stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     outdir = RESULTS / stamp
@@ -1424,6 +1789,7 @@ def main() -> int:
         "rounds": rounds,
         "scenarios": scenarios,
         "servers": servers,
+        "redis_setups": REDIS_SETUPS if any(s in REDIS_SCENARIOS for s in scenarios) else [],
         "params": {s: params[s] for s in scenarios},
         "reference": ref,
         "server_cpu": SERVER_CPU,
@@ -1449,11 +1815,14 @@ def main() -> int:
                 args.capacity_rounds if sc == "capacity" and args.capacity_rounds > 0 else rounds
             )
             for rnd in range(1, n_rounds + 1):
-                for name in servers:
+                for name in REDIS_SETUPS if sc in REDIS_SCENARIOS else servers:
                     if time.monotonic() - t_start > args.max_minutes * 60:
                         stopped_early = True
                         break
-                    run = _one(sc, rnd, name, params, outdir)
+                    if sc in REDIS_SCENARIOS:
+                        run = _one_setup(sc, rnd, name, params, outdir)
+                    else:
+                        run = _one(sc, rnd, name, params, outdir)
                     runs.append(run)
                     save()
                 if stopped_early:
@@ -1515,6 +1884,32 @@ def _one(sc: str, rnd: int, name: str, params: dict, outdir: Path) -> dict[str, 
         log(f"   FAILED: {run['error']}")
     finally:
         srv.stop()
+        run["wall_s"] = time.monotonic() - t0
+        time.sleep(0.3)
+    return run
+
+
+def _one_setup(sc: str, rnd: int, setup: str, params: dict, outdir: Path) -> dict[str, Any]:
+    """One run of a scale-out scenario: start the setup's Redis and nodes, measure, stop."""
+    log(f"{sc} round {rnd}: {setup}")
+    run: dict[str, Any] = {"scenario": sc, "round": rnd, "server": setup}
+    cl = Cluster(setup, outdir, f"{sc}-{rnd}-{setup}")
+    t0 = time.monotonic()
+    try:
+        cl.start()
+        run["metrics"] = SCENARIOS[sc](cl, params[sc])
+        shown = {k: v for k, v in run["metrics"].items() if k in {c[0] for c in COLUMNS[sc]}}
+        log(
+            "   "
+            + ", ".join(
+                f"{k}={fmt(v, '.3g') if isinstance(v, float) else v}" for k, v in shown.items()
+            )
+        )
+    except Exception as e:  # a failed run is recorded, the others go on
+        run["error"] = f"{type(e).__name__}: {e}"
+        log(f"   FAILED: {run['error']}")
+    finally:
+        cl.stop()
         run["wall_s"] = time.monotonic() - t0
         time.sleep(0.3)
     return run
