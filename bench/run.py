@@ -314,12 +314,17 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+#: Other builds of sse_twisted to measure beside this one (--variant NAME=TWISTD):
+#: server "sse_twisted@NAME" runs that twistd, e.g. from an older commit's venv.
+VARIANTS: dict[str, Path] = {}
+
+
 def server_cmd(name: str, port: int, heartbeat: float, queue: int) -> list[str]:
     py = [str(VPY), str(BENCH / "servers")]
     common = ["--port", str(port), "--queue-size", str(queue), "--ping", str(heartbeat)]
-    if name == "sse_twisted":
+    if name == "sse_twisted" or name in VARIANTS:
         return [
-            str(TWISTD),
+            str(VARIANTS.get(name, TWISTD)),
             "-n",
             "--pidfile=",
             "sse",
@@ -1706,7 +1711,21 @@ def main() -> int:
         "--max-minutes", type=float, default=45, help="start no new run after this (default 45)"
     )
     ap.add_argument("--no-setup", action="store_true", help="do not create/refresh bench/.venv")
+    ap.add_argument(
+        "--variant",
+        action="append",
+        default=[],
+        metavar="NAME=TWISTD",
+        help="also run another sse_twisted build as server sse_twisted@NAME (its twistd path); "
+        "repeatable: measures an optimisation against the code before it, interleaved",
+    )
     args = ap.parse_args()
+    for spec in args.variant:
+        vname, sep, vpath = spec.partition("=")
+        if not sep or not Path(vpath).exists():
+            ap.error(f"--variant wants NAME=PATH_TO_TWISTD, got {spec!r}")
+        VARIANTS[f"sse_twisted@{vname}"] = Path(vpath)
+        ALL_SERVERS.append(f"sse_twisted@{vname}")
 
     if sys.platform != "linux":
         print("this benchmark reads /proc and uses epoll: Linux only", file=sys.stderr)
@@ -1728,7 +1747,9 @@ def main() -> int:
     for s in scenarios:
         if s not in SCENARIOS:
             ap.error(f"unknown scenario {s!r}; choose from {', '.join(ALL_SCENARIOS)}")
-    wanted = [s for s in args.servers.split(",") if s]
+    wanted = [s for s in args.servers.split(",") if s] + [
+        v for v in VARIANTS if v not in args.servers.split(",")
+    ]
     for s in wanted:
         if s not in ALL_SERVERS:
             ap.error(f"unknown server {s!r}; choose from {', '.join(ALL_SERVERS)}")

@@ -29,7 +29,14 @@ from twisted.web.server import NOT_DONE_YET, Request
 from ._reactor import default_reactor
 from .event import Event, encode_json
 from .history import IHistory, MemoryHistory
-from .subscriber import DELIVERED, OVERFLOW_POLICIES, REMOVE, Overflow, Subscriber
+from .subscriber import (
+    DELIVERED,
+    OVERFLOW_POLICIES,
+    REMOVE,
+    Overflow,
+    Subscriber,
+    write_through,
+)
 
 __all__ = ["HEARTBEAT", "SSEBroker"]
 
@@ -474,7 +481,7 @@ class SSEBroker:
             for sub in group:
                 fast = sub._fast
                 if fast is not None:
-                    fast(chunk)
+                    write_through(fast, chunk)
                     continue
                 outcome = sub.send(event)
                 if outcome != DELIVERED:
