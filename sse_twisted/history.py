@@ -70,13 +70,21 @@ class MemoryHistory:
     def append(self, event: Event) -> None:
         assert event.id is not None, "only events with ids can be resumed from"
         self._seq += 1
-        now = default_reactor(self._reactor).seconds() if self.ttl else 0.0
-        self._ring.append((self._seq, now, event))
+        self._ring.append((self._seq, self._stamp(event) if self.ttl else 0.0, event))
         self._by_id[event.id] = self._seq
         if len(self._ring) > self.size:
             self._forget_oldest()
         if self.ttl:
-            self._expire(now)
+            self._expire()
+
+    def _stamp(self, event: Event) -> float:
+        """When C{event} was published, in the reactor's seconds (for the TTL)."""
+        return float(default_reactor(self._reactor).seconds())
+
+    def clear(self) -> None:
+        """Forget everything: every id held so far becomes unknown."""
+        self._ring.clear()
+        self._by_id.clear()
 
     def _forget_oldest(self) -> None:
         seq, _, old = self._ring.popleft()
@@ -84,12 +92,10 @@ class MemoryHistory:
         if self._by_id.get(old.id) == seq:
             del self._by_id[old.id]
 
-    def _expire(self, now: float | None = None) -> None:
+    def _expire(self) -> None:
         if not self.ttl:
             return
-        if now is None:
-            now = default_reactor(self._reactor).seconds()
-        horizon = now - self.ttl
+        horizon = default_reactor(self._reactor).seconds() - self.ttl
         while self._ring and self._ring[0][1] <= horizon:
             self._forget_oldest()
 

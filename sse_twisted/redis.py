@@ -58,10 +58,8 @@ from __future__ import annotations
 
 import os
 import random
-from collections import deque
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from itertools import islice
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
@@ -79,6 +77,7 @@ from twisted.python.failure import Failure
 
 from ._reactor import default_reactor
 from .event import Event
+from .history import MemoryHistory
 
 __all__ = [
     "RedisAddress",
@@ -114,7 +113,7 @@ def stream_id_key(stream_id: str) -> tuple[int, int]:
     return int(ms), int(seq)
 
 
-class StreamHistory:
+class StreamHistory(MemoryHistory):
     """
     The local mirror of the stream's last entries: an L{IHistory} whose
     lookups stay synchronous for the broker.
@@ -131,17 +130,7 @@ class StreamHistory:
     """
 
     def __init__(self, size: int = 1000, ttl: float = 0, reactor: Any = None) -> None:
-        if size < 1:
-            raise ValueError(f"history size must be at least 1, got {size}")
-        if ttl < 0:
-            raise ValueError(f"history ttl must be >= 0 seconds, got {ttl}")
-        self.size = size
-        self.ttl = ttl
-        self._reactor = reactor
-        self._seq = 0
-        # (sequence number, stream id key, event), oldest first.
-        self._ring: deque[tuple[int, tuple[int, int], Event]] = deque()
-        self._by_id: dict[str, int] = {}
+        super().__init__(size, ttl, reactor)
         self._newest: tuple[int, int] | None = None
         self._newest_id: str | None = None
 
@@ -163,55 +152,17 @@ class StreamHistory:
             return
         self._newest = key
         self._newest_id = event.id
-        self._seq += 1
-        self._ring.append((self._seq, key, event))
-        self._by_id[event.id] = self._seq
-        if len(self._ring) > self.size:
-            self._forget_oldest()
-        self._expire()
+        super().append(event)
+
+    def _stamp(self, event: Event) -> float:
+        """The time in the stream id: the TTL counts from when Redis stored it."""
+        assert event.id is not None
+        return stream_id_key(event.id)[0] / 1000
 
     def clear(self) -> None:
-        """Forget everything: every id held so far becomes unknown."""
-        self._ring.clear()
-        self._by_id.clear()
+        super().clear()
         self._newest = None
         self._newest_id = None
-
-    def _forget_oldest(self) -> None:
-        _, _, old = self._ring.popleft()
-        assert old.id is not None
-        del self._by_id[old.id]
-
-    def _expire(self) -> None:
-        if not self.ttl:
-            return
-        horizon_ms = (default_reactor(self._reactor).seconds() - self.ttl) * 1000
-        while self._ring and self._ring[0][1][0] <= horizon_ms:
-            self._forget_oldest()
-
-    def since(
-        self, last_id: str, channels: frozenset[str] | None, limit: int
-    ) -> list[Event] | None:
-        self._expire()
-        seq = self._by_id.get(last_id)
-        if seq is None:
-            return None
-        start = seq - self._ring[0][0] + 1
-        out: list[Event] = []
-        for _, _, event in islice(self._ring, start, None):
-            if channels is None or event.channel in channels:
-                out.append(event)
-                if len(out) >= limit:
-                    break
-        return out
-
-    def __len__(self) -> int:
-        self._expire()
-        return len(self._ring)
-
-    def __iter__(self) -> Iterator[Event]:
-        self._expire()
-        return (event for _, _, event in self._ring)
 
 
 # Addresses

@@ -18,9 +18,16 @@ import time
 from pathlib import Path
 from typing import Any
 
+from .unit.support import dechunk as _dechunk
+
 ROOT = Path(__file__).resolve().parent.parent
 TWISTD = str(Path(sys.executable).with_name("twistd"))
 _PORT = re.compile(r"listening on (?:IPv4Address\(.*?port=)?(\d+)")
+
+
+def dechunk(body: bytes) -> bytes:
+    """The payload of the complete chunks of an HTTP/1.1 chunked body."""
+    return _dechunk(body)[0]
 
 
 class Process:
@@ -203,18 +210,7 @@ class RawSubscriber:
 
     def body(self) -> bytes:
         """The event-stream bytes, with HTTP/1.1 chunking removed."""
-        body = self.data.partition(b"\r\n\r\n")[2]
-        out = b""
-        while body:
-            line, sep, rest = body.partition(b"\r\n")
-            if not sep:
-                break
-            size = int(line, 16)
-            if size == 0 or len(rest) < size + 2:
-                break
-            out += rest[:size]
-            body = rest[size + 2 :]
-        return out
+        return dechunk(self.data.partition(b"\r\n\r\n")[2])
 
     def close(self) -> None:
         self.sock.close()

@@ -11,22 +11,9 @@ from sse_twisted import SSEBroker
 from sse_twisted.parser import EventStreamParser
 from sse_twisted.subscriber import write_through
 
+from ..servers import dechunk
+
 pytestmark = pytest.mark.e2e
-
-
-def _dechunk(raw: bytes) -> bytes:
-    body = raw.partition(b"\r\n\r\n")[2]
-    out = b""
-    while body:
-        line, sep, rest = body.partition(b"\r\n")
-        if not sep:
-            break
-        size = int(line, 16)
-        if size == 0 or len(rest) < size + 2:
-            break
-        out += rest[:size]
-        body = rest[size + 2 :]
-    return out
 
 
 @pytest_twisted.ensureDeferred
@@ -76,7 +63,7 @@ async def test_slow_reader_gets_every_byte_in_order() -> None:
             return data
 
         raw = await deferToThread(read_all)
-        events = EventStreamParser().feed(_dechunk(raw))
+        events = EventStreamParser().feed(dechunk(raw.partition(b"\r\n\r\n")[2]))
         assert [e.data for e in events] == [f"{n}:{payload}" for n in range(300)]
         assert [e.last_event_id for e in events] == [f"{broker._prefix}-{n}" for n in range(1, 301)]
     finally:

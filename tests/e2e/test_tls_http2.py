@@ -30,27 +30,12 @@ from cryptography.x509.oid import NameOID
 
 from sse_twisted.parser import EventStreamParser
 
-from ..servers import TWISTD, Process
+from ..servers import TWISTD, Process, dechunk
 
 pytestmark = pytest.mark.e2e
 
 T = TypeVar("T")
 _LISTENING = re.compile(r"listening on .*port=(\d+)")
-
-
-def _dechunk(body: bytes) -> bytes:
-    """HTTP/1.1 chunked body -> payload (complete chunks only)."""
-    out = b""
-    while body:
-        line, sep, rest = body.partition(b"\r\n")
-        if not sep:
-            break
-        size = int(line, 16)
-        if size == 0 or len(rest) < size + 2:
-            break
-        out += rest[:size]
-        body = rest[size + 2 :]
-    return out
 
 
 def _events(data: bytes) -> list[tuple[str, str, str]]:
@@ -196,7 +181,7 @@ def test_http11_over_tls(tls_server: TLSServer) -> None:
 
         tls_server.proc.send_signal(signal.SIGTERM)
         read_until(b"0\r\n\r\n")  # the end of the chunked response
-    body = _dechunk(data.partition(b"\r\n\r\n")[2])
+    body = dechunk(data.partition(b"\r\n\r\n")[2])
     parser = EventStreamParser()
     assert [(e.type, e.data, e.last_event_id) for e in parser.feed(body)] == [
         ("e", "[1]", event_id)
