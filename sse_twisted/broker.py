@@ -27,7 +27,7 @@ from twisted.web.http import HTTPChannel
 from twisted.web.server import NOT_DONE_YET, Request
 
 from ._reactor import default_reactor
-from .event import Event, encode_json
+from .event import Event
 from .history import IHistory, MemoryHistory
 from .subscriber import (
     DELIVERED,
@@ -355,35 +355,53 @@ class SSEBroker:
                 self.dispatch(ev)
             return succeed(events)
         checked = self.validate_many(items)
-        stored = self.relay.publish(
-            [
-                {"channel": ev.channel, "event": ev.event, "payload": ev.data, "retry": ev.retry}
-                for ev in checked
-            ]
-        )
+        stored = self.relay.publish(checked)
         return stored.addCallback(
             lambda ids: [
-                Event.create(ev.channel, ev.event, ev.data, json_data=False, id=i, retry=ev.retry)
-                for ev, i in zip(checked, ids, strict=True)
+                Event.create(
+                    item["channel"],
+                    item["event"],
+                    item["payload"],
+                    json_data=False,
+                    id=i,
+                    retry=item["retry"],
+                )
+                for item, i in zip(checked, ids, strict=True)
             ]
         )
 
-    def validate_many(self, items: Sequence[Mapping[str, Any]]) -> list[Event]:
+    def validate_many(self, items: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
         """
-        Check and encode items without giving them ids (a relay chooses them).
+        Check and encode items without giving them ids or frames (a relay
+        chooses the ids; each event is framed once, when its id is known).
 
+        @return: the relay's items: C{channel}, C{event}, C{payload}, C{retry}.
         @raise ValueError: also for an item with an C{id} when a relay is set.
         """
-        events: list[Event] = []
+        checked: list[dict[str, Any]] = []
         for index, item in enumerate(items):
             try:
                 if self.relay is not None and item.get("id") is not None:
                     raise ValueError("ids are chosen by the relay (Redis); leave 'id' out")
-                events.append(_event_from(item, None))
+                name, payload = Event.check(
+                    item["channel"],
+                    item.get("event"),
+                    item.get("data"),
+                    text=item.get("text"),
+                    retry=item.get("retry"),
+                )
             except (TypeError, ValueError) as e:
                 e.sse_item = index  # type: ignore[union-attr]  # read by the resource
                 raise
-        return events
+            checked.append(
+                {
+                    "channel": item["channel"],
+                    "event": name,
+                    "payload": payload,
+                    "retry": item.get("retry"),
+                }
+            )
+        return checked
 
     def publish_text(
         self,
@@ -516,8 +534,8 @@ class SSEBroker:
         raises there, at once, and the reactor thread only frames and writes);
         the rest runs in the reactor thread via C{callFromThread}.
         """
-        payload = text if text is not None else encode_json(data)
-        Event.create(channel, event, payload, json_data=False, id=id, retry=retry)
+        # Validated and encoded here; framed once, with its id, in the reactor.
+        event, payload = Event.check(channel, event, data, text=text, id=id, retry=retry)
         future: Future[Event] = Future()
 
         def run() -> None:

@@ -159,6 +159,37 @@ class Event:
         @raise ValueError: for a bad channel, CR/LF/NUL in C{event} or C{id},
             or a negative C{retry}.
         """
+        event, payload = cls.check(
+            channel, event, data, text=text, id=id, retry=retry, json_data=json_data
+        )
+        return cls(
+            channel,
+            event,
+            payload,
+            id,
+            retry,
+            frame(payload, id=id, event=event, retry=retry),
+        )
+
+    @staticmethod
+    def check(
+        channel: str,
+        event: str | None = None,
+        data: Any = None,
+        *,
+        text: str | None = None,
+        id: str | None = None,
+        retry: int | None = None,
+        json_data: bool = True,
+    ) -> tuple[str | None, str]:
+        """
+        Everything L{create} checks and encodes, without framing: for callers
+        that frame later (once an id is known, in another thread).
+
+        @return: the event name (empty becomes L{None}) and the encoded payload.
+        @raise TypeError: as L{create}.
+        @raise ValueError: as L{create}.
+        """
         validate_channel(channel)
         if event is not None:
             _validate_field("event name", event)
@@ -187,23 +218,4 @@ class Event:
             if not isinstance(data, str):
                 raise TypeError("pre-encoded data must be a str")
             payload = data
-        return cls(
-            channel,
-            event,
-            payload,
-            id,
-            retry,
-            frame(payload, id=id, event=event, retry=retry),
-        )
-
-    def with_id(self, id: str) -> Event:
-        """Return this event carrying C{id} (framed again: ids are on the wire)."""
-        _validate_field("id", id)
-        return Event(
-            self.channel,
-            self.event,
-            self.data,
-            id,
-            self.retry,
-            frame(self.data, id=id, event=self.event, retry=self.retry),
-        )
+        return event, payload
