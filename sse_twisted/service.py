@@ -1,12 +1,17 @@
-"""SSEService: listen on an endpoint; on stop, stop listening first, then drain."""
+"""
+SSEService: listen on an endpoint (bound before twistd drops privileges); on
+stop, stop listening first, then drain, then stop the relay.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
+from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import Service
-from twisted.internet.defer import Deferred, maybeDeferred, succeed
+from twisted.internet.defer import CancelledError, Deferred, succeed
 from twisted.internet.endpoints import serverFromString
+from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IListeningPort, IProtocolFactory
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -14,13 +19,53 @@ from twisted.python.failure import Failure
 from ._reactor import default_reactor
 from .broker import SSEBroker
 
-__all__ = ["SSEService"]
+__all__ = ["CannotListen", "SSEService"]
 
 
-class SSEService(Service):
+class CannotListen(SystemExit, Exception):
+    """
+    The service could not listen on its endpoint; the reason is already logged
+    as one line.
+
+    Both an C{Exception} and a C{SystemExit} (with code 1), on purpose. twistd's
+    runner catches C{Exception} from starting the application to remove its
+    pidfile (and, daemonised, to tell the waiting parent through the status
+    pipe), then re-raises; Python then ends the process on an uncaught
+    C{SystemExit} with its code and without a traceback. So C{twistd sse} on a
+    port it cannot have exits 1 at once with the one log line, and an
+    application that embeds the service can still catch it as an ordinary
+    exception.
+    """
+
+    def __init__(self, description: str, reason: str) -> None:
+        super().__init__(f"Cannot listen on {description}: {reason}")
+        self.code = 1
+        self.description = description
+        self.reason = reason
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+def _reason(failure: Failure) -> str:
+    """What went wrong, in words, without the endpoint repeated or a traceback."""
+    error = failure.value
+    if isinstance(error, CannotListenError) and error.socketError is not None:
+        error = error.socketError
+    return str(error).rstrip(".") or type(error).__name__
+
+
+class SSEService(StreamServerEndpointService):
     """
     Serves C{factory} on the endpoint C{description} and drains C{broker} on
     stop.
+
+    The port is bound in C{privilegedStartService}, as Twisted's own
+    L{StreamServerEndpointService} (which this builds on) does: twistd calls it
+    before it drops privileges (C{--uid}), so a port below 1024 works, and a
+    port that cannot be had raises L{CannotListen} there and then, which ends
+    C{twistd} with status 1 instead of leaving a server that listens nowhere.
+    The relay (Redis), if any, starts in C{startService}, once listening.
 
     Stopping closes the listening port before draining, so that a
     reconnecting browser meets a refused connection and retries later, rather
@@ -39,23 +84,57 @@ class SSEService(Service):
         reactor: Any = None,
         banner: str = "",
     ) -> None:
+        # The endpoint is built when listening: the global reactor is only
+        # looked up then (twistd installs the one chosen by --reactor first).
+        super().__init__(None, factory)
         self.description = description
-        self.factory = factory
         self.broker = broker
         self.drain_timeout = drain_timeout
         self.banner = banner
         self._reactor = reactor
         self.port: IListeningPort | None = None
-        self._listening: Deferred[IListeningPort] | None = None
 
-    def startService(self) -> None:
-        super().startService()
-        if self.broker.relay is not None:
-            self.broker.relay.start()
-        reactor = default_reactor(self._reactor)
-        endpoint = serverFromString(reactor, self.description)
-        self._listening = endpoint.listen(self.factory)
-        self._listening.addCallbacks(self._listened, self._failed)
+    def privilegedStartService(self) -> None:
+        """
+        Bind now; if that fails, log one line and raise L{CannotListen}.
+
+        As L{StreamServerEndpointService.privilegedStartService} with
+        C{_raiseSynchronously}, except that the failure is one line rather than
+        a traceback. An endpoint whose C{listen} fails only later (one that
+        waits on something) is logged the same way and stops the reactor.
+        """
+        Service.privilegedStartService(self)
+        failed: list[Failure] = []
+        synchronous = True
+
+        def fail(failure: Failure) -> None:
+            if failure.check(CancelledError):  # stopService before it listened
+                return
+            if synchronous:
+                failed.append(failure)
+                return
+            self.log.critical("{message}", message=str(self._cannot_listen(failure)))
+            reactor = default_reactor(self._reactor)
+            if reactor.running:
+                reactor.stop()
+
+        try:
+            if self.endpoint is None:
+                reactor = default_reactor(self._reactor)
+                self.endpoint = serverFromString(reactor, self.description)
+            self._waitingForPort = self.endpoint.listen(self.factory)
+        except Exception:
+            failed.append(Failure())
+        else:
+            self._waitingForPort.addCallbacks(self._listened, fail)
+        synchronous = False
+        if failed:
+            error = self._cannot_listen(failed[0])
+            self.log.critical("{message}", message=str(error))
+            raise error from None
+
+    def _cannot_listen(self, failure: Failure) -> CannotListen:
+        return CannotListen(self.description, _reason(failure))
 
     def _listened(self, port: IListeningPort) -> IListeningPort:
         self.port = port
@@ -66,18 +145,21 @@ class SSEService(Service):
         )
         return port
 
-    def _failed(self, failure: Failure) -> None:
-        self.log.failure("Cannot listen on {description}", failure, description=self.description)
-        reactor = default_reactor(self._reactor)
-        if reactor.running:
-            reactor.stop()
+    def startService(self) -> None:
+        """Listen (unless twistd already made us), then start the relay."""
+        super().startService()
+        if self.broker.relay is not None:
+            self.broker.relay.start()
 
     def stopService(self) -> Deferred[None]:
-        super().stopService()
-        stopped: Deferred[Any] = succeed(None)
-        if self.port is not None:
-            port, self.port = self.port, None
-            stopped = maybeDeferred(port.stopListening)
+        """Stop listening, then drain every stream, then stop the relay."""
+        stopped: Deferred[Any]
+        if self._waitingForPort is not None:
+            stopped = super().stopService()
+        else:  # never started: nothing to stop listening on
+            Service.stopService(self)
+            stopped = succeed(None)
+        self.port = None
         stopped.addCallback(lambda _: self.broker.drain(self.drain_timeout))
         relay = self.broker.relay
         if relay is not None:
