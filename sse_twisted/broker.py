@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 import random
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from concurrent.futures import Future
 from typing import Any, Protocol
 
@@ -32,7 +32,7 @@ from .history import IHistory, MemoryHistory
 from .subscriber import (
     DELIVERED,
     OVERFLOW_POLICIES,
-    REMOVE,
+    AllChannels,
     Overflow,
     Subscriber,
     write_through,
@@ -103,6 +103,12 @@ class SSEBroker:
     @param relay: an L{IRelay} to publish through (several nodes); its
         events come back through L{dispatch}. Publishing then returns
         Deferreds, and ids are the relay's.
+    @param write_timeout: seconds a paused stream's socket may take no byte
+        before the stream is aborted and its slot freed (C{0}: never). A
+        peer that vanished without a FIN otherwise holds its slot for the
+        kernel's retransmission time (~15 minutes).
+    @param close_timeout: seconds a stream ended by the server (its token
+        expired) has to take its last bytes before it is aborted.
     """
 
     log = Logger()
@@ -120,6 +126,8 @@ class SSEBroker:
         history_ttl: float = 0,
         relay: IRelay | None = None,
         log_clients: bool = False,
+        write_timeout: float = 0,
+        close_timeout: float = 5.0,
     ) -> None:
         if queue_size < 1:
             raise ValueError(f"queue_size must be at least 1, got {queue_size}")
@@ -129,6 +137,10 @@ class SSEBroker:
             raise ValueError(f"heartbeat must be >= 0 seconds, got {heartbeat}")
         if retry is not None and retry < 0:
             raise ValueError(f"retry must be >= 0 ms, got {retry}")
+        if not write_timeout >= 0:
+            raise ValueError(f"write_timeout must be >= 0 seconds, got {write_timeout}")
+        if not close_timeout > 0:
+            raise ValueError(f"close_timeout must be > 0 seconds, got {close_timeout}")
         if isinstance(history, int):
             history = MemoryHistory(history, history_ttl, reactor) if history > 0 else None
         if overflow == "catchup" and history is None:
@@ -143,6 +155,8 @@ class SSEBroker:
         self.overflow: Overflow = overflow
         self.heartbeat_interval = heartbeat
         self.retry = retry
+        self.write_timeout = write_timeout
+        self.close_timeout = close_timeout
         self._reactor = reactor
         self._prefix = _run_prefix() if id_prefix is None else id_prefix
         self._seq = 0
@@ -150,6 +164,10 @@ class SSEBroker:
         self._all: set[Subscriber] = set()
         self._by_channel: dict[str, set[Subscriber]] = {}
         self._heartbeat: LoopingCall | None = None
+        self._sweeper: LoopingCall | None = None
+        # Removals asked for while dispatch walks the index wait until it is done.
+        self._dispatching = False
+        self._removals: list[Subscriber] = []
         self._draining = False
         self._drained: Deferred[None] | None = None
         # Counters for monitoring (read by sse_twisted.metrics at scrape time,
@@ -172,6 +190,10 @@ class SSEBroker:
         self.resets = 0
         #: Heartbeat comments written.
         self.heartbeats = 0
+        #: Streams aborted because their socket took no byte for write_timeout.
+        self.write_timeouts = 0
+        #: Streams ended because their token expired.
+        self.expired = 0
         opening = b": connected\n"
         if retry is not None:
             opening += b"retry: %d\n" % retry
@@ -193,25 +215,43 @@ class SSEBroker:
         request: Request,
         channels: Iterable[str] | None = None,
         last_event_id: str | None = None,
+        *,
+        allows: Callable[[str], bool] | None = None,
+        expires: float | None = None,
     ) -> int:
         """
         Turn C{request} into an event stream and hold it open.
 
         @param channels: the channels to receive; L{None} or empty for all.
+            Whoever calls this has authorised them.
         @param last_event_id: resume after this id: the events after it (on
             these channels) are replayed from the history, then the live
             stream follows. An id the history does not hold gets the
             C{sse.reset} event instead, then the live stream.
+        @param allows: for a subscriber of every channel, which private
+            channels (L{private}) it may read too (a token's grant); without
+            it, none. Applied on every path an event takes to it: live,
+            resume, catch-up, relay.
+        @param expires: when (the reactor's seconds) the stream's authority
+            ends: it then leaves the index at once and ends (cleanly with
+            what it was owed before, else aborted so it resumes elsewhere).
         @return: C{NOT_DONE_YET}, for a resource's C{render} to return.
         """
         if self._draining:
             return self.turn_away(request, "draining, reconnect later")
         _set_stream_headers(request)
         wanted = frozenset(channels) if channels else None
-        sub = Subscriber(self, request, wanted, self.queue_size, self.overflow, self.history)
+        readable = None
+        if wanted is None and self.private is not None:
+            readable = AllChannels(self.private, allows)
+        sub = Subscriber(
+            self, request, wanted, self.queue_size, self.overflow, self.history, readable
+        )
         self._add(sub)
         request.registerProducer(sub, True)
         request.notifyFinish().addBoth(self._gone, sub)
+        if expires is not None:
+            self._expire_at(sub, expires)
         request.write(self._opening)
         sub.enable_fast_path()
         if last_event_id:
@@ -253,9 +293,17 @@ class SSEBroker:
             self._heartbeat = LoopingCall(self._beat)
             self._heartbeat.clock = self.reactor
             self._heartbeat.start(self.heartbeat_interval, now=False)
+        if self._sweeper is None and self.write_timeout > 0:
+            self._sweeper = LoopingCall(self._sweep)
+            self._sweeper.clock = self.reactor
+            self._sweeper.start(max(self.write_timeout / 4, 0.05), now=False)
 
     def _remove(self, sub: Subscriber) -> None:
+        """Take C{sub} out of the index (at once, or as soon as dispatch is done)."""
         if sub not in self._subscribers:
+            return
+        if self._dispatching:
+            self._removals.append(sub)
             return
         self._subscribers.discard(sub)
         if sub.channels is None:
@@ -268,14 +316,78 @@ class SSEBroker:
                     if not members:
                         del self._by_channel[channel]
         if not self._subscribers:
-            self._stop_heartbeat()
+            self._stop_timers()
 
     def _gone(self, result: Failure | None, sub: Subscriber) -> None:
         """The request finished or its connection was lost: forget it."""
-        self._remove(sub)
+        sub._end()
         if self.log_clients:
             self.log.debug("SSE client {peer} gone", peer=sub._peer())
         # Returning None consumes a disconnect Failure: a client leaving is normal.
+
+    def _expire_at(self, sub: Subscriber, when: float) -> None:
+        clock = self.reactor
+        call = clock.callLater(max(0.0, when - clock.seconds()), self._expire, sub)
+
+        def cancel(result: object) -> None:
+            if call.active():
+                call.cancel()
+
+        sub.request.notifyFinish().addBoth(cancel)
+
+    def _expire(self, sub: Subscriber) -> None:
+        """
+        The stream's token expired: nothing more is sent to it. What it was
+        owed from before goes out and the stream ends, unless it must be read
+        from the history (the client then resumes with a fresh token) or its
+        bytes do not go out within L{close_timeout}: then it is aborted.
+        """
+        if sub.ended:
+            return
+        self.expired += 1
+        if sub.catching_up:
+            sub.abort()
+            return
+        sub.close()
+        if not sub.closed():
+            self.reactor.callLater(self.close_timeout, self._abort_if_open, sub)
+
+    def _abort_if_open(self, sub: Subscriber) -> None:
+        if not sub.closed():
+            self.log.info(
+                "SSE client {peer} did not take its last bytes in {timeout}s: aborted",
+                peer=sub._peer(),
+                timeout=self.close_timeout,
+            )
+            sub.abort()
+
+    def _sweep(self) -> None:
+        """Abort the streams whose socket has taken no byte for L{write_timeout}."""
+        now = self.reactor.seconds()
+        limit = self.write_timeout
+        for sub in [s for s in self._subscribers if s.paused]:
+            if sub.stalled_for(now) >= limit:
+                self.write_timeouts += 1
+                self.log.info(
+                    "SSE client {peer} took no byte for {timeout}s: aborted",
+                    peer=sub._peer(),
+                    timeout=limit,
+                )
+                sub.abort()
+
+    def notify_gap(self, last_id: str, reason: str) -> int:
+        """
+        Tell every open stream that events after C{last_id} may be lost
+        (C{sse.reset} with C{reason}), e.g. when the relay finds its stream
+        trimmed past what it had read.
+
+        @return: how many streams were told.
+        """
+        told = 0
+        for sub in list(self._subscribers):
+            told += sub.notify_gap(last_id, reason)
+        self.resets += told
+        return told
 
     def client_count(self, channel: str | None = None) -> int:
         """Open streams in all, or those that receive C{channel}."""
@@ -489,29 +601,32 @@ class SSEBroker:
         # The HTTP/1.1 chunk, built once for every live subscriber.
         chunk = b"%x\r\n%s\r\n" % (len(frame), frame)
         sent = 0
-        failed: list[Subscriber] | None = None
+        channel = event.channel
         private = self.private
-        everyone = None if private is not None and private(event.channel) else self._all
-        for group in (everyone, self._by_channel.get(event.channel)):
-            if not group:
-                continue
-            sent += len(group)
-            for sub in group:
-                fast = sub._fast
-                if fast is not None:
-                    write_through(fast, chunk)
+        everyone: Collection[Subscriber] = self._all
+        if private is not None and everyone and private(channel):
+            # The one authorisation decision, as on every other path (a
+            # subscriber without one, from before privacy was set, gets none).
+            everyone = [s for s in everyone if s.readable is not None and channel in s.readable]
+        self._dispatching = True
+        try:
+            for group in (everyone, self._by_channel.get(channel)):
+                if not group:
                     continue
-                outcome = sub.send(event)
-                if outcome != DELIVERED:
-                    sent -= 1
-                    if outcome == REMOVE:
-                        if failed is None:
-                            failed = [sub]
-                        else:
-                            failed.append(sub)
-        if failed:
-            for sub in failed:
-                self._remove(sub)
+                sent += len(group)
+                for sub in group:
+                    fast = sub._fast
+                    if fast is not None:
+                        write_through(fast, chunk)
+                        continue
+                    if sub.send(event) != DELIVERED:
+                        sent -= 1
+        finally:
+            self._dispatching = False
+            if self._removals:
+                removals, self._removals = self._removals, []
+                for sub in removals:
+                    self._remove(sub)
         self.delivered += sent
         self.bytes_sent += sent * len(frame)
         return sent
@@ -584,11 +699,11 @@ class SSEBroker:
             sent += sub.send_unqueued(HEARTBEAT)
         self.heartbeats += sent
 
-    def _stop_heartbeat(self) -> None:
-        if self._heartbeat is not None:
-            if self._heartbeat.running:
-                self._heartbeat.stop()
-            self._heartbeat = None
+    def _stop_timers(self) -> None:
+        for timer in (self._heartbeat, self._sweeper):
+            if timer is not None and timer.running:
+                timer.stop()
+        self._heartbeat = self._sweeper = None
 
     # Draining
 
@@ -609,10 +724,9 @@ class SSEBroker:
         if self._drained is not None:
             return self._drained
         self._draining = True
-        self._stop_heartbeat()
+        self._stop_timers()
         subs = list(self._subscribers)
         for sub in subs:
-            self._remove(sub)
             try:
                 sub.close(b"retry: %d\n\n" % self._jittered_retry())
             except Exception:

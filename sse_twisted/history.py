@@ -11,7 +11,7 @@ as a local mirror of the stream that the node reads anyway for fan-out.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Container, Iterator
 from itertools import islice
 from typing import Any, Protocol
 
@@ -28,11 +28,13 @@ class IHistory(Protocol):
         """Remember a published event (it has an id)."""
 
     def since(
-        self, last_id: str, channels: frozenset[str] | None, limit: int
+        self, last_id: str, channels: Container[str] | None, limit: int
     ) -> list[Event] | None:
         """
         Up to C{limit} events published after the one with id C{last_id},
-        in publish order, only those on C{channels} (all if L{None}).
+        in publish order, only those whose channel is C{in channels} (all if
+        L{None}): a subscription's channels, or the channels a subscriber of
+        every channel may read.
 
         @return: L{None} when C{last_id} is unknown (evicted, expired, or from
             another run): the caller must tell the client it lost its place.
@@ -100,7 +102,7 @@ class MemoryHistory:
             self._forget_oldest()
 
     def since(
-        self, last_id: str, channels: frozenset[str] | None, limit: int
+        self, last_id: str, channels: Container[str] | None, limit: int
     ) -> list[Event] | None:
         self._expire()
         seq = self._by_id.get(last_id)

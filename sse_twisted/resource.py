@@ -163,12 +163,15 @@ class StreamResource(Resource):
             refusal = limits.refusal(request)
             if refusal is not None:
                 return self.broker.turn_away(request, refusal)
-        result = self.broker.subscribe(request, channels, last_id)
-        if not request.finished:
-            if limits is not None:
-                limits.track(request)
-            if grant is not None and grant.expires is not None:
-                self._close_at_expiry(request, grant.expires)
+        result = self.broker.subscribe(
+            request,
+            channels,
+            last_id,
+            allows=grant.may_subscribe if grant is not None else None,
+            expires=grant.expires if grant is not None else None,
+        )
+        if limits is not None and not request.finished:
+            limits.track(request)
         return result
 
     def _authorise(self, request: Request, channels: list[str]) -> Grant | None:
@@ -191,17 +194,6 @@ class StreamResource(Resource):
             if not grant.may_subscribe(channel):
                 raise HTTPError(403, f"your token does not allow subscribing to {channel!r}")
         return grant
-
-    def _close_at_expiry(self, request: Request, expires: float) -> None:
-        """End the stream when its token expires (the client must get a new one)."""
-        clock = self.broker.reactor
-        call = clock.callLater(max(0.0, expires - clock.seconds()), request.loseConnection)
-
-        def cancel(result: object) -> None:
-            if call.active():
-                call.cancel()
-
-        request.notifyFinish().addBoth(cancel)
 
 
 _BEARER = {b"www-authenticate": b'Bearer realm="sse"'}

@@ -13,6 +13,7 @@ means.
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable, Container
 from typing import TYPE_CHECKING, Any, Literal
 
 from twisted.internet import tcp
@@ -29,7 +30,14 @@ if TYPE_CHECKING:
     from .broker import SSEBroker
     from .history import IHistory
 
-__all__ = ["OVERFLOW_POLICIES", "Overflow", "Subscriber", "dropped_notice"]
+__all__ = [
+    "OVERFLOW_POLICIES",
+    "AllChannels",
+    "Overflow",
+    "Subscriber",
+    "dropped_notice",
+    "pending_bytes",
+]
 
 Overflow = Literal["drop", "disconnect", "catchup"]
 OVERFLOW_POLICIES: tuple[Overflow, ...] = ("drop", "disconnect", "catchup")
@@ -55,13 +63,13 @@ def dropped_notice(count: int) -> bytes:
     return _frame(f'{{"dropped":{count}}}', event=DROPPED_EVENT)
 
 
-def reset_notice(last_id: str) -> bytes:
+def reset_notice(last_id: str, reason: str = "unknown-id") -> bytes:
     """
     The block that tells a client its C{last_id} is not in the history (evicted,
     expired, or from an earlier run): what follows is live, and events in
     between may be lost. No id, so the client's last event id stays as it was.
     """
-    return _frame(encode_json({"lastEventId": last_id, "reason": "unknown-id"}), event=RESET_EVENT)
+    return _frame(encode_json({"lastEventId": last_id, "reason": reason}), event=RESET_EVENT)
 
 
 def write_through(transport: Any, data: bytes) -> None:
@@ -102,11 +110,63 @@ def write_through(transport: Any, data: bytes) -> None:
 _TCPServer = tcp.Server
 
 
+def pending_bytes(transport: Any) -> int | None:
+    """
+    Bytes written to C{transport} that the socket has not taken yet, or
+    L{None} where that cannot be known (TLS, HTTP/2, test transports).
+
+    Lets a stalled stream be told from a slow one: while a stream is paused
+    nothing new is written to its transport, so this number falls exactly
+    when the peer reads.
+    """
+    if type(transport) is not _TCPServer:
+        return None
+    return len(transport.dataBuffer) - transport.offset + transport._tempDataLen
+
+
 def _transport_closed(transport: Any) -> bool:
     """Whether a TCP-like transport has really gone (its buffer flushed or lost)."""
     return bool(getattr(transport, "disconnected", False)) or not getattr(
         transport, "connected", True
     )
+
+
+class AllChannels:
+    """
+    The channels a subscriber of every channel may read: all but the private
+    ones, except those its grant covers.
+
+    One decision per (subscriber, channel), taken once and cached (bounded),
+    and used wherever an event may reach the subscriber: live dispatch, a
+    resume from C{Last-Event-ID}, a catch-up after overflow, and the relay's
+    deliveries (which are dispatches). It answers C{in}, like the frozenset
+    of an ordinary subscription, so a history filters with it unchanged.
+    """
+
+    __slots__ = ("_allows", "_cache", "_private")
+
+    #: Decisions kept per subscriber before the cache starts over.
+    CACHE_SIZE = 256
+
+    def __init__(
+        self, private: Callable[[str], bool], allows: Callable[[str], bool] | None
+    ) -> None:
+        self._private = private
+        self._allows = allows
+        self._cache: dict[str, bool] = {}
+
+    def __contains__(self, channel: object) -> bool:
+        if not isinstance(channel, str):
+            return False
+        cache = self._cache
+        decision = cache.get(channel)
+        if decision is None:
+            allows = self._allows
+            decision = not self._private(channel) or (allows is not None and allows(channel))
+            if len(cache) >= self.CACHE_SIZE:
+                cache.clear()
+            cache[channel] = decision
+        return decision
 
 
 @implementer(IPushProducer)
@@ -123,6 +183,10 @@ class Subscriber:
         C{Last-Event-ID} starts here, and so does the C{catchup} overflow
         policy. Catching up ends, in the same reactor turn as the last history
         read, by joining the live stream: no gap, no duplicate.
+
+    Every way the stream ends (L{close}, L{abort}, the client leaving) goes
+    through L{_end} first, which takes it out of the broker's index: once a
+    stream is ending it is sent nothing more.
     """
 
     log = Logger()
@@ -133,16 +197,19 @@ class Subscriber:
         "_chunk_writer",
         "_closing",
         "_cursor",
+        "_ended",
         "_fast",
         "_history",
         "_live",
         "_paused",
         "_queue",
+        "_stall",
         "_write",
         "channels",
         "dropped",
         "overflow",
         "queue_size",
+        "readable",
         "request",
         "transport",
     )
@@ -155,11 +222,15 @@ class Subscriber:
         queue_size: int,
         overflow: Overflow,
         history: IHistory | None = None,
+        readable: Container[str] | None = None,
     ) -> None:
         self._broker = broker
         self.request = request
         #: The channels this subscriber receives, or L{None} for all of them.
         self.channels = channels
+        #: What it may read (L{AllChannels} for a subscriber of every channel
+        #: when some are private); L{None}: everything it subscribed to.
+        self.readable: Container[str] | None = channels if readable is None else readable
         self.queue_size = queue_size
         self.overflow = overflow
         #: Events dropped since the client was last told about drops.
@@ -172,7 +243,10 @@ class Subscriber:
         self._fast: Any = None
         self._chunk_writer: Any = None
         self._closing = False
+        self._ended = False
         self._cursor: str | None = None
+        #: While paused: (when it paused or last made progress, pending bytes then).
+        self._stall: tuple[float, int | None] | None = None
         # Created on first use: an idle deque costs ~600 bytes per subscriber.
         self._queue: deque[Event] | None = None
         self._write = request.write
@@ -198,18 +272,29 @@ class Subscriber:
         """How many events wait in the queue."""
         return len(self._queue) if self._queue is not None else 0
 
+    @property
+    def ended(self) -> bool:
+        """Whether the stream is ending or gone: it is sent nothing more."""
+        return self._ended
+
+    @property
+    def owed(self) -> bool:
+        """Whether events are owed to it beyond what its transport holds."""
+        return bool(self._queue) or self._cursor is not None or self.dropped > 0
+
     def send(self, event: Event) -> int:
         """
         Write, queue, or (while catching up) leave to the history one event.
 
-        @return: L{DELIVERED} (written or queued), L{SKIPPED} (dropped, or
-            left to the history), or L{REMOVE} (the queue overflowed under
-            the C{disconnect} policy: the broker must forget this subscriber).
+        @return: L{DELIVERED} (written or queued), L{SKIPPED} (dropped, left
+            to the history, or the stream is ending), or L{REMOVE} (the queue
+            overflowed under the C{disconnect} policy and the stream was
+            aborted).
         """
         if self._live:
             self._write(event.frame)
             return DELIVERED
-        if self._cursor is not None:
+        if self._cursor is not None or self._ended:
             return SKIPPED
         queue = self._queue
         if queue is None:
@@ -221,7 +306,7 @@ class Subscriber:
 
     def send_unqueued(self, data: bytes) -> bool:
         """Write C{data} only if the client is reading (heartbeats: never queued)."""
-        if self._paused:
+        if self._paused or self._ended:
             return False
         self._write(data)
         return True
@@ -274,6 +359,7 @@ class Subscriber:
             self._set_live(self._live)
 
     def _set_live(self, live: bool) -> None:
+        live = live and not self._ended
         self._live = live
         self._fast = self._chunk_writer if live else None
 
@@ -287,41 +373,66 @@ class Subscriber:
 
     def pauseProducing(self) -> None:
         """The transport's buffer is full: queue from now on."""
+        if not self._paused:
+            self._stall = None
         self._paused = True
         self._set_live(False)
 
     def resumeProducing(self) -> None:
         """The transport drained: flush the queue in order, then catch up."""
         self._paused = False
-        self._flush()
+        self._stall = None
+        if not self._ended:
+            self._flush()
 
     def stopProducing(self) -> None:
-        """The connection is going away; L{notifyFinish} does the clean-up."""
+        """The connection is going away: the stream ends here."""
         self._paused = True
-        self._set_live(False)
+        self._end()
 
-    def _flush(self) -> None:
+    def stalled_for(self, now: float) -> float:
+        """
+        Seconds its socket has taken no byte while paused (0 while it reads).
+
+        Progress is what the transport reports as pending; where it cannot
+        say, the whole time paused counts as stalled.
+        """
+        if not self._paused or self._ended:
+            return 0.0
+        pending = pending_bytes(self.transport) if self.transport is not None else None
+        stall = self._stall
+        if stall is None or (pending is not None and stall[1] is not None and pending < stall[1]):
+            self._stall = (now, pending)  # the first look, or the peer read something
+            return 0.0
+        return now - stall[0]
+
+    def _flush(self, force: bool = False) -> None:
+        """
+        Write what is owed in order: the queue, a drop notice, then the
+        history after the cursor. Stops when the transport pauses, unless
+        C{force} (the stream is closing and must get all it is owed).
+        """
         queue = self._queue
         write = self._write
         if queue is not None:
-            while queue and not self._paused:
+            while queue and (force or not self._paused):
                 write(queue.popleft().frame)
-            if self._paused:
+            if queue:
                 return
             self._queue = None
         if self.dropped:
             count, self.dropped = self.dropped, 0
             write(dropped_notice(count))
-        while self._cursor is not None and not self._paused:
-            self._catch_up()
+        while self._cursor is not None and (force or not self._paused):
+            self._catch_up(force)
         self._set_live(not self._paused and self._cursor is None)
 
-    def _catch_up(self) -> None:
+    def _catch_up(self, force: bool = False) -> None:
         """Write the next batch from the history; clear the cursor when caught up."""
         cursor = self._cursor
         assert cursor is not None
         batch = (
-            self._history.since(cursor, self.channels, CATCHUP_BATCH)
+            self._history.since(cursor, self.readable, CATCHUP_BATCH)
             if self._history is not None
             else None
         )
@@ -338,10 +449,37 @@ class Subscriber:
             write(event.frame)
             self._broker.replayed += 1
             self._cursor = event.id
-            if self._paused:
+            if self._paused and not force:
                 return
 
+    def notify_gap(self, last_id: str, reason: str) -> bool:
+        """
+        Tell the client that events after C{last_id} may be lost (C{sse.reset}
+        with C{reason}); queued and owed events stay as they are.
+
+        @return: whether it was written (an ending stream is told nothing).
+        """
+        if self._ended:
+            return False
+        self._write(reset_notice(last_id, reason))
+        return True
+
     # Ending the stream
+
+    def _end(self) -> bool:
+        """
+        The one door every end of the stream goes through: leave the broker's
+        index before anything else, so nothing more is sent.
+
+        @return: whether this call ended it (later calls are no-ops).
+        """
+        if self._ended:
+            return False
+        self._ended = True
+        self._live = False
+        self._fast = None
+        self._broker._remove(self)
+        return True
 
     def close(self, last: bytes = b"") -> None:
         """
@@ -349,19 +487,25 @@ class Subscriber:
         then C{last}, then the end of the response, then close the connection
         once it is written.
 
-        Writing all that even while paused keeps memory bounded (by the queue
-        and the history, which hold it anyway); the broker aborts what has
-        not gone by its drain deadline.
+        All of it is written even while the client is not reading (a clean
+        end must never hide a gap), so memory stays bounded by the queue and
+        the history, which hold it anyway; whoever closes aborts the stream
+        if its bytes have not gone by a deadline, and the client then
+        resumes with C{Last-Event-ID}.
         """
         if self._closing:
             return
         self._closing = True
+        # The history is read now, while the cursor still means something;
+        # nothing published after this reaches the stream.
+        owed_first = self._cursor is not None or bool(self._queue) or self.dropped > 0
+        self._end()
         request = self.request
         # Request has no public "is the connection gone?"; finish() would raise.
         if getattr(request, "_disconnected", False):
             return
-        self._paused = False
-        self._flush()
+        if owed_first:
+            self._flush(force=True)
         if last:
             self._write(last)
         request.unregisterProducer()
@@ -387,11 +531,17 @@ class Subscriber:
         return _transport_closed(h2.transport)
 
     def abort(self) -> None:
-        """Drop the connection now, without flushing: for slow or stuck clients."""
+        """
+        Drop the connection now, without flushing: for slow or stuck clients.
+
+        The client sees a broken stream, not an end, so EventSource
+        reconnects and resumes from the history with C{Last-Event-ID}.
+        """
         self._closing = True
-        self._set_live(False)
+        self._end()
         self._cursor = None
         self._queue = None
+        self.dropped = 0
         transport = self.transport
         if transport is None:
             # HTTP/2: reset this stream only (RST_STREAM), not the connection.

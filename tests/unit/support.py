@@ -42,6 +42,10 @@ class FillingTransport(StringTransport):
     """
     A transport that, like TCP, pauses its producer once `limit` bytes are
     waiting unread, and resumes it when the client L{read}s.
+
+    As Twisted's own transports do, it pauses the producer again on every
+    write made while full, even if the producer was already paused (a
+    producer that resumed itself to write more meets the pause at once).
     """
 
     def __init__(self, limit: int, **kw: Any) -> None:
@@ -52,11 +56,7 @@ class FillingTransport(StringTransport):
     def write(self, data: bytes) -> None:
         super().write(data)
         self.unread += len(data)
-        if (
-            self.unread >= self.limit
-            and self.producer is not None
-            and self.producerState != "paused"
-        ):
+        if self.unread >= self.limit and self.producer is not None and self.streaming:
             self.producer.pauseProducing()
             self.producerState = "paused"
 
