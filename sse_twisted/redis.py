@@ -17,16 +17,29 @@ that the broker's synchronous C{history.since()} answers a C{Last-Event-ID}
 from any node, after any node restarts.
 
 Faults: connecting, losing Redis and getting it back are one loop with
-capped, jittered backoff. The first failure of an outage logs one warning;
-the retries after it log at debug level. While Redis is away C{ready} is
-L{False} and L{RedisBus.publish} errbacks with L{RedisUnavailable}: an event is
-reported published only once Redis has stored it. On reconnect the reader
-continues from the last stream id it delivered, so events that reached Redis
-meanwhile are delivered. If Redis no longer holds that id (restarted empty,
-or the stream was trimmed past it during a long outage or a slow read), a
-warning says so and the mirror is rebuilt from the stream, so resuming
-clients get the broker's unknown-id signal instead of a replay with a hole
-in it; what the stream still holds after that id is delivered.
+capped, jittered backoff. An outage logs one warning when it starts (Redis
+lost, or unreachable at the first attempt) and one info line when Redis is
+back, with how long it was away; the retries in between log nothing (twistd
+writes debug lines too) and are counted instead (L{RedisBus.connect_attempts},
+L{RedisBus.outages}, read by the metrics). A Redis that hangs is noticed by
+a C{PING} every L{RedisBus.ping_interval} seconds on the publishing
+connection, answered within C{command_timeout} or the connection is given up.
+While Redis is away C{ready} is L{False} and L{RedisBus.publish} errbacks
+with L{RedisUnavailable}: an event is reported published only once Redis has
+stored it. On reconnect the reader continues from the last stream id it
+delivered, so events that reached Redis meanwhile are delivered.
+
+Gaps: if entries this node never read are gone (the stream was trimmed past
+its cursor because it read slower than events arrived or was away too long,
+or Redis restarted empty), a warning says so, L{RedisBus.on_gap} is called
+(the broker then sends C{sse.reset} to every open stream) and the mirror is
+restarted, so resuming clients get the broker's unknown-id signal instead of
+a replay with a hole in it; what the stream still holds is delivered. On
+Redis 7 and later the check is exact (C{entries-added} of C{XINFO STREAM});
+before 7, a cursor trimmed away counts as a gap, and a burst trimmed before
+a node read anything of an empty stream goes unnoticed. A batch larger than
+the stream holds would lose its head to C{MAXLEN} inside its own
+transaction: L{RedisBus.publish} refuses it (L{BatchTooLarge}).
 
 Intentional divergences, and why:
     - A publish that sets C{id} is refused (C{ValueError}), not silently
@@ -71,7 +84,7 @@ from twisted.internet.interfaces import (
     IStreamClientEndpoint,
 )
 from twisted.internet.protocol import Factory
-from twisted.internet.task import deferLater
+from twisted.internet.task import LoopingCall, deferLater
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -80,6 +93,7 @@ from .event import Event
 from .history import MemoryHistory
 
 __all__ = [
+    "BatchTooLarge",
     "RedisAddress",
     "RedisBus",
     "RedisCommandError",
@@ -96,6 +110,17 @@ class RedisUnavailable(ConnectionError):
 
 class RedisCommandError(RuntimeError):
     """Redis answered with an error (a wrong password, a key of another type...)."""
+
+
+class BatchTooLarge(ValueError):
+    """
+    A batch with more events than the stream holds: C{MAXLEN ~} would trim
+    its head inside the same transaction, before any node could read it.
+    Nothing was stored.
+    """
+
+    #: The HTTP answer for it: the request is too large for what is promised.
+    http_status = 413
 
 
 # Stream ids
@@ -294,6 +319,18 @@ def _info_field(info: object, name: str) -> str | None:
     return None
 
 
+def _entries(reply: Any) -> list[Any]:
+    """The entries of an C{XREAD} reply (L{None} when there were none)."""
+    return [entry for _key, found in reply or () for entry in found]
+
+
+def _stream_info(reply: Any) -> dict[str, Any] | None:
+    """C{XINFO STREAM}'s fields as a dict; L{None} when the stream does not exist."""
+    if not isinstance(reply, list):
+        return None
+    return dict(zip(reply[::2], reply[1::2], strict=False))
+
+
 def _describe(failure: BaseException) -> str:
     text = str(failure).strip()
     return f"{type(failure).__name__}: {text}" if text else type(failure).__name__
@@ -334,9 +371,18 @@ class RedisBus:
         reports.
     @ivar on_event: called once per stream entry, in stream order, with an
         L{Event} whose C{id} is the stream id; exceptions are logged.
+    @ivar on_gap: called as C{on_gap(last_id, reason)} when entries after
+        C{last_id} that this node never read are gone (or may be: Redis
+        restarted empty), before what follows is delivered; wire it to
+        C{SSEBroker.notify_gap} so that open streams get C{sse.reset}.
+        C{reason} is C{"stream-trimmed"} or C{"stream-lost"}.
     @ivar connect_attempts: connection attempts made so far (monitoring).
+    @ivar outages: times Redis went away (or was unreachable at the first
+        attempt): each logged one warning (monitoring).
     @ivar resets: times Redis no longer held this node's place, so that the
         mirror was rebuilt (monitoring).
+    @ivar gaps: times unread entries were found gone and C{on_gap} called
+        (monitoring).
     @ivar client_name: the prefix of this node's C{CLIENT SETNAME}s, to find
         its two connections in C{CLIENT LIST}.
     """
@@ -349,6 +395,10 @@ class RedisBus:
     block_ms = 5000
     #: Most entries read per XREAD.
     read_count = 500
+    #: Seconds between PINGs on the publishing connection while connected: a
+    #: Redis that stops answering (hung, or gone without a FIN) is given up
+    #: within ping_interval + command_timeout, not at the next publish.
+    ping_interval = 1.0
 
     def __init__(
         self,
@@ -377,9 +427,12 @@ class RedisBus:
         self.max_backoff = max_backoff
         self.command_timeout = command_timeout
         self.on_event: Callable[[Event], object] | None = None
+        self.on_gap: Callable[[str, str], object] | None = None
         self.ready = False
         self.connect_attempts = 0
+        self.outages = 0
         self.resets = 0
+        self.gaps = 0
         self.client_name = f"sse_twisted-{os.getpid()}-{os.urandom(3).hex()}"
         self._reactor = reactor
         self._endpoint = endpoint
@@ -393,7 +446,17 @@ class RedisBus:
         self._links: set[_Link] = set()
         self._loop: Deferred[None] | None = None
         self._stopping = False
-        self._outage_logged = False
+        # When the current outage began (clock seconds), None while connected
+        # and before the first attempt: one warning per outage, one info back.
+        self._outage_since: float | None = None
+        # Entries the stream had taken up to and including the cursor
+        # (XINFO's entries-added, Redis 7+), None when unknown: tells a trim
+        # that removed only read entries from one that removed unread ones.
+        self._added: int | None = None
+        # Why the last connection was given up, when this module gave it up.
+        self._fault: str | None = None
+        self._pinger: LoopingCall | None = None
+        self._ping_pending = False
 
     @property
     def last_id(self) -> str | None:
@@ -411,7 +474,7 @@ class RedisBus:
         if self._loop is not None:
             raise RuntimeError("RedisBus is already started; stop() it first")
         self._stopping = False
-        self._outage_logged = False
+        self._outage_since = None
         loop = Deferred.fromCoroutine(self._run())
         self._loop = loop
         loop.addErrback(self._loop_ended)
@@ -455,19 +518,26 @@ class RedisBus:
                 # stop() was called from inside the session (by on_event, say).
                 self._teardown()
                 return
+            if self._fault is not None:
+                # This module gave the connection up (no reply in time): that
+                # is the cause, not the abort it led to.
+                reason, self._fault = self._fault, None
             was_ready = self.ready
             self._teardown()
             if was_ready:
                 failures = 0
+                self.outages += 1
+                self._outage_since = self._clock.seconds()
                 self.log.warn(
                     "Lost Redis at {where} ({reason}); reconnecting with backoff up to"
-                    " {cap}s, publishing fails until then",
+                    " {cap}s, publishing answers 503 until then",
                     where=self._where,
                     reason=reason,
                     cap=self.max_backoff,
                 )
-                self._outage_logged = True
-            elif not self._outage_logged:
+            elif self._outage_since is None:
+                self.outages += 1
+                self._outage_since = self._clock.seconds()
                 self.log.warn(
                     "Redis at {where} is unreachable ({reason}); retrying with backoff up to"
                     " {cap}s, not ready until it answers",
@@ -475,9 +545,7 @@ class RedisBus:
                     reason=reason,
                     cap=self.max_backoff,
                 )
-                self._outage_logged = True
-            else:
-                self.log.debug("Redis still unreachable ({reason})", reason=reason)
+            # Else the outage goes on: counted (connect_attempts), not logged.
             delay = self._backoff(failures)
             failures += 1
             await deferLater(self._clock, delay)
@@ -490,8 +558,26 @@ class RedisBus:
     def _teardown(self) -> None:
         self.ready = False
         self._publisher = None
+        pinger, self._pinger = self._pinger, None
+        if pinger is not None and pinger.running:
+            pinger.stop()
         for link in list(self._links):
             link.abort()
+
+    def _ping(self, link: _Link) -> None:
+        """
+        One PING at a time on the publishing connection; no answer within
+        C{command_timeout} gives the connection up (L{_guard}), which ends
+        the session: C{ready} turns False and the health check says so.
+        """
+        if self._ping_pending or link.closed:
+            return
+        self._ping_pending = True
+
+        def done(_: object) -> None:
+            self._ping_pending = False
+
+        self._call(link, "PING").addBoth(done)
 
     async def _session(self) -> None:
         """One connected period: connect, catch up, then read until a fault."""
@@ -500,6 +586,9 @@ class RedisBus:
         run_id = _info_field(await self._call(reader, "INFO", "server"), "run_id")
         restarted = self._run_id is not None and run_id != self._run_id
         self._run_id = run_id
+        if restarted:
+            # Its entries-added may not be the count this node followed.
+            self._added = None
         resets = self.resets
         if self._cursor is None:
             await self._rebuild(reader)
@@ -511,11 +600,20 @@ class RedisBus:
         publisher.when_closed().addCallback(lambda _: reader.abort())
         self._publisher = publisher
         self.ready = True
-        self._outage_logged = False
+        self._ping_pending = False
+        pinger = self._pinger = LoopingCall(self._ping, publisher)
+        pinger.clock = self._clock
+        pinger.start(self.ping_interval, now=False)
+        since, self._outage_since = self._outage_since, None
         self.log.info(
-            "Connected to Redis at {where}{restarted}: stream {stream},"
+            "{verb} Redis at {where}{away}{restarted}: stream {stream},"
             " {held} events in history, reading after {cursor}{rebuilt}",
+            verb="Connected to" if since is None else "Back on",
             where=self._where,
+            away=""
+            if since is None
+            else f" after {self._clock.seconds() - since:.1f}s away"
+            f" ({self.connect_attempts} connection attempts so far)",
             restarted=" (it restarted since last seen)" if restarted else "",
             stream=self.stream,
             held=len(self.history),
@@ -549,29 +647,101 @@ class RedisBus:
         transaction with a check that Redis still holds the cursor's entry.
 
         Streams are trimmed from their oldest end, so if the entry at the
-        cursor is still there, nothing after it was trimmed unread; if it is
-        gone, the reader fell behind by more than the stream holds, or Redis
-        lost the stream: the mirror is rebuilt before reading on.
+        cursor is still there, nothing after it was trimmed unread: the
+        common case costs one small C{XRANGE} more. When it is gone, or when
+        reading from the start of a stream that was empty, L{_read_checked}
+        decides whether anything unread was lost.
         """
-        checked = False
-        while True:
-            cursor = self._cursor
-            assert cursor is not None
-            held, reply = await self._transaction(
-                reader,
-                [
-                    ["XRANGE", self.stream, cursor, cursor, "COUNT", 1],
-                    ["XREAD", "COUNT", self.read_count, "STREAMS", self.stream, cursor],
-                ],
-            )
-            entries = [entry for _key, found in reply or () for entry in found]
-            if held or cursor == "0-0" or checked:
-                return entries
+        cursor = self._cursor
+        assert cursor is not None
+        held, reply = await self._transaction(reader, self._read_commands(cursor))
+        entries = _entries(reply)
+        if held or (cursor == "0-0" and not entries):
+            return entries
+        return await self._read_checked(reader, cursor)
+
+    def _read_commands(self, cursor: str) -> list[list[Any]]:
+        return [
+            ["XRANGE", self.stream, cursor, cursor, "COUNT", 1],
+            ["XREAD", "COUNT", self.read_count, "STREAMS", self.stream, cursor],
+        ]
+
+    async def _read_checked(self, reader: _Link, cursor: str) -> list[Any]:
+        """
+        Read again, with the stream's counters (C{XINFO STREAM}) in the same
+        transaction, and decide: Redis lost the stream (restarted empty, or
+        ids went backwards: the mirror is rebuilt), or it trimmed entries
+        this node never read (the mirror restarts), or only entries it had
+        read (nothing to do). Both losses call L{on_gap} before anything
+        after them is delivered.
+        """
+        held, reply, info = await self._transaction(
+            reader,
+            [*self._read_commands(cursor), ["XINFO", "STREAM", self.stream]],
+            errors_ok=True,
+        )
+        for result in (held, reply):
+            if isinstance(result, Exception):
+                raise RedisCommandError(f"Redis at {self._where} refused: {result}")
+        entries = _entries(reply)
+        if held:
+            return entries
+        stats = _stream_info(info)
+        last = stats.get("last-generated-id") if stats is not None else None
+        if cursor != "0-0" and (
+            not isinstance(last, str) or stream_id_key(last) < stream_id_key(cursor)
+        ):
+            # No stream, or its ids went backwards: Redis lost our place.
             await self._rebuild(reader)
-            if self._cursor == cursor:
-                # Trimmed past: what follows the lost place was read above.
-                return entries
-            checked = True
+            self._gap(cursor, "stream-lost")
+            return []
+        assert stats is not None
+        length = int(stats.get("length") or 0)
+        added = stats.get("entries-added")
+        first = stats.get("first-entry")
+        first_id = first[0] if isinstance(first, list) and first else None
+        lost: int | None = None
+        if added is not None and self._added is not None:
+            lost = int(added) - length - self._added
+        if cursor == "0-0":
+            # The stream was empty when last seen: without entries-added
+            # (Redis < 7) there is no telling; see the module docstring.
+            gap = lost is not None and lost > 0
+        elif first_id is not None and stream_id_key(first_id) < stream_id_key(cursor):
+            # The cursor's entry was deleted from the middle (XDEL by someone
+            # else): what was deleted after it cannot be counted.
+            gap, lost = True, None
+        elif lost is not None:
+            gap = lost > 0
+        else:
+            # Unknown: anything added after the cursor may have gone unread.
+            gap = last != cursor
+        if not gap:
+            return entries
+        self.resets += 1
+        self.log.warn(
+            "Redis at {where} trimmed the stream past entry {last} before this node read"
+            " {lost} entries after it (it reads slower than events arrive, or was away"
+            " longer than the stream holds): open streams told (sse.reset), history"
+            " restarted; make --history larger or publish less at once",
+            where=self._where,
+            last=cursor,
+            lost="some" if lost is None else lost,
+        )
+        self.history.clear()
+        self._added = int(added) - length if added is not None else None
+        self._gap(cursor, "stream-trimmed")
+        return entries
+
+    def _gap(self, last_id: str, reason: str) -> None:
+        """Tell (L{on_gap}) that entries after C{last_id} were lost to this node."""
+        self.gaps += 1
+        on_gap = self.on_gap
+        if on_gap is not None:
+            try:
+                on_gap(last_id, reason)
+            except Exception:
+                self.log.failure("on_gap failed after stream entry {id}", id=last_id)
 
     async def _open(self, role: str) -> _Link:
         endpoint = self._endpoint
@@ -626,6 +796,8 @@ class RedisBus:
 
         def failed(f: Failure) -> Failure:
             if f.check(defer.TimeoutError):
+                if not link.closed:
+                    self._fault = f"no reply within {limit:g}s"
                 link.abort()
                 raise RedisUnavailable(f"no reply from Redis at {self._where} within {limit:g}s")
             if f.check(tx.ResponseError):
@@ -641,15 +813,23 @@ class RedisBus:
         Decide where reading continues and fill the mirror from the stream:
         at the first connection, or when Redis no longer holds the cursor.
         """
-        tail = list(
-            reversed(
-                await self._call(
-                    reader, "XREVRANGE", self.stream, "+", "-", "COUNT", self.history_size
-                )
-                or ()
-            )
+        found, info = await self._transaction(
+            reader,
+            [
+                ["XREVRANGE", self.stream, "+", "-", "COUNT", self.history_size],
+                ["XINFO", "STREAM", self.stream],
+            ],
+            errors_ok=True,
         )
+        if isinstance(found, Exception):
+            raise RedisCommandError(f"Redis at {self._where} refused: {found}")
+        tail = list(reversed(found or ()))
         newest = tail[-1][0] if tail else None
+        stats = _stream_info(info)
+        # Where the new cursor sits in the count of entries ever added (all
+        # of them: it is the newest, or nothing was ever added).
+        added = stats.get("entries-added") if stats is not None else 0
+        self._added = int(added) if added is not None else None
         cursor = self._cursor
         if cursor is None:
             # First connection: what is there is history, not news.
@@ -658,9 +838,9 @@ class RedisBus:
             self.resets += 1
             self.log.warn(
                 "Redis at {where} no longer holds stream entry {last} (it restarted empty,"
-                " or trimmed the stream past it while this node was away or reading slower"
-                " than events arrived): history rebuilt from the stream, so clients resuming"
-                " from before now get a reset",
+                " or its ids went backwards): what it held after that entry is lost to this"
+                " node; open streams told (sse.reset), history rebuilt from the stream, so"
+                " clients resuming from before now get a reset",
                 where=self._where,
                 last=cursor,
             )
@@ -671,7 +851,9 @@ class RedisBus:
                 # Its ids went backwards (another Redis, or an old snapshot):
                 # treat what it holds as seen and read what comes next.
                 cursor = newest
-            # Else our place was trimmed away: read on after it.
+            else:
+                # Our place was trimmed away: read on after it, uncounted.
+                self._added = None
         self.history.clear()
         limit = stream_id_key(cursor)
         for entry_id, fields in tail:
@@ -681,10 +863,13 @@ class RedisBus:
                     self.history.append(event)
         self._cursor = cursor
 
-    def _transaction(self, link: _Link, commands: Sequence[Sequence[Any]]) -> Deferred[list[Any]]:
+    def _transaction(
+        self, link: _Link, commands: Sequence[Sequence[Any]], errors_ok: bool = False
+    ) -> Deferred[list[Any]]:
         """
         Run C{commands} in one C{MULTI}/C{EXEC}, sent in one write; the list
-        of their replies. Errbacks with L{RedisCommandError} if any failed.
+        of their replies. Errbacks with L{RedisCommandError} if any failed,
+        unless C{errors_ok}: then a failed command's reply is its exception.
         """
         proto = link.proto
         queued: list[Deferred[Any]] = []
@@ -707,7 +892,7 @@ class RedisBus:
                     f"Redis at {self._where} discarded a transaction: {reply!r}"
                 )
             for result in reply:
-                if isinstance(result, Exception):
+                if isinstance(result, Exception) and not errors_ok:
                     raise RedisCommandError(f"Redis at {self._where} refused: {result}")
             return reply
 
@@ -740,6 +925,8 @@ class RedisBus:
                 # on_event stopped the bus: deliver no more.
                 return
             self._cursor = entry_id
+            if self._added is not None:
+                self._added += 1
             event = self._decode(entry_id, fields)
             if event is None:
                 continue
@@ -768,10 +955,18 @@ class RedisBus:
         @raise ValueError: for an item with an C{id} (Redis chooses the ids),
             or that L{Event.create} refuses; C{TypeError} likewise. The error's
             C{sse_item} attribute is the item's index.
+        @raise BatchTooLarge: for more items than C{history_size}; nothing
+            is stored.
         """
         commands = [self._xadd(index, item) for index, item in enumerate(items)]
         if not commands:
             return succeed([])
+        if len(commands) > self.history_size:
+            raise BatchTooLarge(
+                f"a batch of {len(commands)} events is more than the history holds"
+                f" ({self.history_size}, --history): its first events would be trimmed"
+                f" before any node read them; publish at most {self.history_size} at once"
+            )
         link = self._publisher
         if link is None or not self.ready or link.closed or not link.proto.connected:
             return fail(

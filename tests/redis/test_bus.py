@@ -131,32 +131,94 @@ async def test_stream_and_mirror_are_bounded(redis_server: RedisServer, nodes: A
     assert a.bus.history.since(ids[-10], None, 100) == a.received[-9:]
 
 
+#: Adds ARGV[2] events to the stream at once, trimmed with MAXLEN ~ ARGV[1]:
+#: a burst that outruns every reader (as from a node with a larger history).
+BURST = """
+for i = 1, tonumber(ARGV[2]) do
+  redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', 'channel', 'news', 'data', i)
+end
+return redis.call('XLEN', KEYS[1])
+"""
+
+
+async def burst(server: RedisServer, count: int, maxlen: int) -> int:
+    return int(await server.command("EVAL", BURST, 1, "sse:events", maxlen, count))
+
+
 @pytest_twisted.ensureDeferred
 async def test_reader_left_behind_by_trimming_notices(
     redis_server: RedisServer, nodes: Any, redis_log: list[dict[str, Any]]
 ) -> None:
     """
     When the stream is trimmed past a node's place before it reads on (here,
-    one batch bigger than the stream holds), the node says so once, rebuilds
-    its mirror (ids from before the gap are unknown, not replayed with a
-    hole), and delivers what the stream still holds, in order.
+    one burst bigger than the stream holds), the node says so once, calls
+    on_gap with its last id before delivering anything after the gap,
+    restarts its mirror (ids from before the gap are unknown, not replayed
+    with a hole), and delivers what the stream still holds, in order.
     """
     await redis_server.command("CONFIG", "SET", "stream-node-max-entries", "5")
     a = await nodes(redis_server.url, history_size=10).ready()
+    gaps: list[tuple[str, str, int]] = []
+    a.bus.on_gap = lambda last, reason: gaps.append((last, reason, len(a.received)))
     first = await publish(a, [item(n) for n in range(6)])
     await a.count(6)
-    await publish(a, [item(n) for n in range(6, 46)])
+    await burst(redis_server, 40, 10)
     entries = await redis_server.command("XRANGE", "sse:events", "-", "+")
     survivors = [entry[0] for entry in entries]
     await a.count(6 + len(survivors))
     assert [e.id for e in a.received] == first + survivors
-    assert a.bus.resets == 1
-    gap = [e for e in warnings(redis_log) if "no longer holds" in e["log_format"]]
+    assert gaps == [(first[-1], "stream-trimmed", 6)]
+    assert a.bus.resets == a.bus.gaps == 1
+    gap = [e for e in warnings(redis_log) if "trimmed the stream past" in e["log_format"]]
     assert len(gap) == 1
+    assert gap[0]["lost"] == 40 - len(survivors)
     assert a.bus.history.since(first[-1], None, 100) is None
     assert len(survivors) >= 10
     assert list(a.bus.history) == a.received[-10:]
     assert a.bus.history.since(a.received[-10].id or "", None, 100) == a.received[-9:]
+
+
+@pytest_twisted.ensureDeferred
+async def test_burst_into_an_empty_stream_is_a_gap(
+    redis_server: RedisServer, nodes: Any, redis_log: list[dict[str, Any]]
+) -> None:
+    """
+    A node that has read nothing yet (the stream was empty) and finds a
+    burst already trimmed says so too (Redis 7's entries-added): on_gap with
+    "0-0", then what the stream holds, in order.
+    """
+    await redis_server.command("CONFIG", "SET", "stream-node-max-entries", "5")
+    a = await nodes(redis_server.url, history_size=10).ready()
+    gaps: list[tuple[str, str]] = []
+    a.bus.on_gap = lambda last, reason: gaps.append((last, reason))
+    assert a.bus.last_id == "0-0"
+    await burst(redis_server, 40, 10)
+    survivors = [e[0] for e in await redis_server.command("XRANGE", "sse:events", "-", "+")]
+    await a.count(len(survivors))
+    assert [e.id for e in a.received] == survivors
+    assert gaps == [("0-0", "stream-trimmed")]
+    assert a.bus.gaps == 1
+
+
+@pytest_twisted.ensureDeferred
+async def test_trim_of_read_entries_only_is_no_gap(redis_server: RedisServer, nodes: Any) -> None:
+    """
+    A trim that removed the node's last-read entry but nothing after it (the
+    node is exactly at the trim point) is no gap: nothing is reported, the
+    mirror is kept, and reading goes on.
+    """
+    a = await nodes(redis_server.url, history_size=100).ready()
+    gaps: list[tuple[str, str]] = []
+    a.bus.on_gap = lambda last, reason: gaps.append((last, reason))
+    first = await publish(a, [item(n) for n in range(5)])
+    await a.count(5)
+    # Exact trim: every entry the node read is gone, nothing unread was.
+    assert int(await redis_server.command("XTRIM", "sse:events", "MAXLEN", 0)) == 5
+    more = await publish(a, [item(n) for n in range(5, 8)])
+    await a.count(8)
+    assert [e.id for e in a.received] == first + more
+    assert gaps == [] and a.bus.gaps == 0 and a.bus.resets == 0
+    assert a.bus.history.since(first[0], None, 100) == a.received[1:]
 
 
 @pytest_twisted.ensureDeferred
