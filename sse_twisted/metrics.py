@@ -72,6 +72,41 @@ class BrokerCollector:
             "Events held for resuming clients.",
             value=len(history) if history is not None else 0,
         )
+        relay = b.relay
+        if relay is not None:
+            yield from _relay_metrics(relay)
+
+
+def _relay_metrics(relay: Any) -> Iterator[Any]:
+    """
+    The relay's (Redis's) link state and fault counters, where it keeps them:
+    the relay interface promises only C{ready}, so the counters are read
+    when present.
+    """
+    yield GaugeMetricFamily(
+        "sse_relay_up", "1 while the relay (Redis) is connected and read.", value=int(relay.ready)
+    )
+    for attr, name, help_text in [
+        ("outages", "sse_relay_outages", "Times the relay (Redis) went away or was unreachable."),
+        (
+            "connect_attempts",
+            "sse_relay_connect_attempts",
+            "Connection attempts to the relay (Redis), the first included.",
+        ),
+        (
+            "gaps",
+            "sse_relay_gaps",
+            "Times unread relay entries were found trimmed or lost (streams got sse.reset).",
+        ),
+        (
+            "resets",
+            "sse_relay_history_resets",
+            "Times the relay's history was rebuilt because Redis lost this node's place.",
+        ),
+    ]:
+        value = getattr(relay, attr, None)
+        if isinstance(value, int):
+            yield CounterMetricFamily(name, help_text, value=value)
 
 
 def metrics_registry(

@@ -372,6 +372,9 @@ class PublishResource(Resource):
         try:
             stored = self.broker.publish_many(items)
         except (TypeError, ValueError) as e:
+            if getattr(e, "http_status", None) == 413:
+                # A batch over the history (RedisBus.BatchTooLarge): nothing stored.
+                raise HTTPError(413, str(e)) from None
             raise _item_error(e, batch) from None
 
         def answer(events: list[Event]) -> None:
