@@ -1,0 +1,191 @@
+"""
+No subscriber ever receives an event on a channel it may not read, by any
+path an event takes: live dispatch, a resume with C{Last-Event-ID}, a
+catch-up from the history after its queue overflowed, and a relay's
+deliveries.
+
+A hypothesis state machine draws private patterns, tokens with random
+grants, subscriptions (some channels, or every channel) and interleavings of
+publishes, resumes from any id (private ones too), stalls and reads, then
+checks every byte each client received. Set C{SSE_MODEL_EXAMPLES} to search
+longer.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Mapping, Sequence
+from fnmatch import fnmatchcase
+from typing import Any
+
+import jwt
+from hypothesis import settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.task import Clock
+
+from sse_twisted import SSEBroker
+from sse_twisted.app import make_resource
+from sse_twisted.auth import JWTAuth
+from sse_twisted.event import Event
+from sse_twisted.parser import EventStreamParser
+
+from .support import Conn, FillingTransport, dechunk, make_site
+
+SECRET = "s3cret-for-tests-only-0123456789abcdef"
+CHANNELS = ["pub", "news", "priv-a", "priv-b", "team-x"]
+PRIVATE_SETS = [("priv*",), ("priv-a", "team-?"), ("*-b", "team*"), ("[pt]*",)]
+GRANTS = ["priv*", "priv-a", "priv-b", "team-x", "*", "news"]
+EXAMPLES = int(os.environ.get("SSE_MODEL_EXAMPLES", "0"))
+
+
+class InlineRelay:
+    """One node's relay: stores each item and hands it straight back to the broker."""
+
+    def __init__(self) -> None:
+        self.ready = True
+        self.broker: SSEBroker | None = None
+        self.count = 0
+
+    def start(self) -> None:
+        pass
+
+    def stop(self) -> Deferred[None]:
+        return succeed(None)
+
+    def publish(self, items: Sequence[Mapping[str, Any]]) -> Deferred[list[str]]:
+        assert self.broker is not None
+        ids = []
+        for item in items:
+            self.count += 1
+            stream_id = f"{1000 + self.count}-0"
+            self.broker.dispatch(
+                Event.create(
+                    item["channel"],
+                    item["event"],
+                    item["payload"],
+                    json_data=False,
+                    id=stream_id,
+                    retry=item["retry"],
+                )
+            )
+            ids.append(stream_id)
+        return succeed(ids)
+
+
+class Client:
+    def __init__(self, conn: Conn, channels: frozenset[str] | None, grant: tuple[str, ...]):
+        self.conn = conn
+        self.channels = channels
+        self.grant = grant
+
+    def received(self) -> list[str]:
+        """The channel of each event received (each event's data is its channel)."""
+        body = dechunk(self.conn.head_and_body()[1])[0]
+        return [
+            json.loads(e.data)
+            for e in EventStreamParser().feed(body)
+            if not e.type.startswith("sse.")
+        ]
+
+
+class AccessModel(RuleBasedStateMachine):
+    def __init__(self) -> None:
+        super().__init__()
+        self.clients: list[Client] = []
+        self.ids: list[str] = []
+
+    @initialize(
+        private=st.sampled_from(PRIVATE_SETS),
+        queue_size=st.integers(1, 3),
+        relayed=st.booleans(),
+        history=st.integers(2, 12),
+    )
+    def setup(self, private: tuple[str, ...], queue_size: int, relayed: bool, history: int) -> None:
+        self.clock = Clock()
+        self.clock.advance(time.time())
+        self.private = private
+        self.relay = InlineRelay() if relayed else None
+        self.broker = SSEBroker(
+            reactor=self.clock,
+            heartbeat=0,
+            queue_size=queue_size,
+            overflow="catchup",
+            history=history,
+            relay=self.relay,
+        )
+        if self.relay is not None:
+            self.relay.broker = self.broker
+        self.auth = JWTAuth(secret=SECRET, private=private)
+        self.site = make_site(make_resource(self.broker, demo=False, auth=self.auth), self.clock)
+
+    def may_read(self, client: Client, channel: str) -> bool:
+        if client.channels is not None and channel not in client.channels:
+            return False
+        if not any(fnmatchcase(channel, p) for p in self.private):
+            return True
+        return any(fnmatchcase(channel, g) for g in client.grant)
+
+    @rule(
+        channels=st.none() | st.frozensets(st.sampled_from(CHANNELS), min_size=1, max_size=3),
+        grant=st.none() | st.lists(st.sampled_from(GRANTS), max_size=3).map(tuple),
+        resume=st.none() | st.integers(0, 1000),
+        limit=st.sampled_from([60, 200, 100_000]),
+    )
+    def subscribe(
+        self,
+        channels: frozenset[str] | None,
+        grant: tuple[str, ...] | None,
+        resume: int | None,
+        limit: int,
+    ) -> None:
+        query = [b"channel=" + c.encode() for c in sorted(channels or ())]
+        if grant is not None:
+            claims = {"sse": {"subscribe": list(grant)}, "exp": int(self.clock.seconds()) + 3600}
+            query.append(b"token=" + jwt.encode(claims, SECRET, algorithm="HS256").encode())
+        if resume is not None and self.ids:
+            query.append(b"lastEventId=" + self.ids[resume % len(self.ids)].encode())
+        path = b"/events" + (b"?" + b"&".join(query) if query else b"")
+        conn = Conn(self.site, path, limit=limit)
+        if conn.status == 200:
+            self.clients.append(Client(conn, channels, grant or ()))
+        else:
+            assert conn.status in (401, 403), conn.status
+
+    @rule(channel=st.sampled_from(CHANNELS), count=st.integers(1, 4))
+    def publish(self, channel: str, count: int) -> None:
+        for _ in range(count):
+            result = self.broker.publish(channel, "e", channel)
+            if isinstance(result, Deferred):
+                events: list[Event] = []
+                result.addCallback(events.append)
+                (event,) = events
+            else:
+                event = result
+            assert event.id is not None
+            self.ids.append(event.id)
+
+    @precondition(lambda self: self.clients)
+    @rule(which=st.integers(0, 1000))
+    def read(self, which: int) -> None:
+        transport = self.clients[which % len(self.clients)].conn.transport
+        assert isinstance(transport, FillingTransport)
+        transport.read()
+
+    @invariant()
+    def nobody_reads_what_they_may_not(self) -> None:
+        for client in self.clients:
+            for channel in client.received():
+                assert self.may_read(client, channel), (
+                    f"{channel!r} reached a client of {client.channels} with grant {client.grant}"
+                    f" (private: {self.private})"
+                )
+
+
+AccessModel.TestCase.settings = settings(
+    max_examples=EXAMPLES or 60, stateful_step_count=30, deadline=None
+)
+test_access_model = AccessModel.TestCase
