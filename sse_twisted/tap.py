@@ -381,6 +381,24 @@ class Options(usage.Options):
         super().__init__()
         self["cors-origin"] = []
         self["private-channel"] = []
+        self._refused = False
+
+    def parseOptions(self, options: list[str] | None = None) -> None:
+        try:
+            super().parseOptions(options)
+        except usage.UsageError:
+            self._refused = True
+            raise
+
+    def getUsage(self, width: int | None = None) -> str:
+        """
+        The options, or after a refusal only where to find them: twistd
+        prints this usage before the error, and a screenful of options would
+        bury the one line that says what is wrong.
+        """
+        if self._refused:
+            return "Run 'twistd sse --help' for the options."
+        return super().getUsage(width)
 
     def opt_cors_origin(self, origin: str) -> None:
         """Let this origin (scheme://host[:port], or *: publish needs a token) in; repeatable."""

@@ -390,3 +390,13 @@ def test_endpoint_plugin_that_needs_the_reactor(monkeypatch: pytest.MonkeyPatch)
 
     monkeypatch.setattr(sse_twisted.tap, "serverFromString", parser)
     assert parse("--port", "someplugin:x")["port"] == "someplugin:x"
+
+
+def test_usage_after_a_refusal_is_short() -> None:
+    """After a refusal the usage (which twistd prints before the error) is one pointer line."""
+    options = Options()
+    full = options.getUsage()
+    assert "--publish-rate=" in full
+    with pytest.raises(usage.UsageError):
+        options.parseOptions(["--queue-size", "0"])
+    assert options.getUsage() == "Run 'twistd sse --help' for the options."
