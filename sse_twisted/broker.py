@@ -28,7 +28,7 @@ from twisted.web.server import NOT_DONE_YET, Request
 
 from ._reactor import default_reactor
 from .event import Event
-from .history import IHistory, MemoryHistory
+from .history import DEFAULT_HISTORY_BYTES, IHistory, MemoryHistory
 from .subscriber import (
     DELIVERED,
     OVERFLOW_POLICIES,
@@ -98,6 +98,8 @@ class SSEBroker:
         (C{0} or L{None}: none), or an L{IHistory} to keep them in.
     @param history_ttl: seconds after which the in-memory history forgets an
         event (C{0}: never).
+    @param history_bytes: the most bytes of frames the in-memory history
+        holds (C{0}: no byte bound); the oldest events go first.
     @param log_clients: log each subscriber's connect and disconnect at debug
         level (off by default: at thousands of clients it is most of the log).
     @param relay: an L{IRelay} to publish through (several nodes); its
@@ -124,6 +126,7 @@ class SSEBroker:
         id_prefix: str | None = None,
         history: int | IHistory | None = 1000,
         history_ttl: float = 0,
+        history_bytes: int = DEFAULT_HISTORY_BYTES,
         relay: IRelay | None = None,
         log_clients: bool = False,
         write_timeout: float = 0,
@@ -142,7 +145,11 @@ class SSEBroker:
         if not close_timeout > 0:
             raise ValueError(f"close_timeout must be > 0 seconds, got {close_timeout}")
         if isinstance(history, int):
-            history = MemoryHistory(history, history_ttl, reactor) if history > 0 else None
+            history = (
+                MemoryHistory(history, history_ttl, reactor, max_bytes=history_bytes)
+                if history > 0
+                else None
+            )
         if overflow == "catchup" and history is None:
             raise ValueError("overflow='catchup' needs a history to catch up from")
         self.history: IHistory | None = history

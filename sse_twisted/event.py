@@ -121,15 +121,22 @@ class Event:
     An immutable, validated event and its wire bytes.
 
     Build one with L{Event.create}; C{frame} holds the exact bytes that every
-    subscriber receives.
+    subscriber receives. The frame is all an event holds: its C{data} is read
+    back from it when asked for (rarely: fan-out and replay only write the
+    frame), so a history of large events costs their size once, not twice.
     """
 
     channel: str
     event: str | None
-    data: str
     id: str | None
     retry: int | None
-    frame: bytes = field(repr=False, compare=False)
+    frame: bytes = field(repr=False)
+
+    @property
+    def data(self) -> str:
+        """The payload as a spec parser reads it: its lines joined with LF."""
+        lines = self.frame.decode("utf-8").split("\n")
+        return "\n".join(line[6:] for line in lines if line.startswith("data: "))
 
     @classmethod
     def create(
@@ -162,14 +169,7 @@ class Event:
         event, payload = cls.check(
             channel, event, data, text=text, id=id, retry=retry, json_data=json_data
         )
-        return cls(
-            channel,
-            event,
-            payload,
-            id,
-            retry,
-            frame(payload, id=id, event=event, retry=retry),
-        )
+        return cls(channel, event, id, retry, frame(payload, id=id, event=event, retry=retry))
 
     @staticmethod
     def check(

@@ -18,7 +18,7 @@ from typing import Any, Protocol
 from ._reactor import default_reactor
 from .event import Event
 
-__all__ = ["IHistory", "MemoryHistory"]
+__all__ = ["DEFAULT_HISTORY_BYTES", "IHistory", "MemoryHistory"]
 
 
 class IHistory(Protocol):
@@ -44,21 +44,43 @@ class IHistory(Protocol):
         """How many events are held."""
 
 
+#: Bytes of frames a history keeps by default (64 MiB).
+DEFAULT_HISTORY_BYTES = 64 << 20
+
+
 class MemoryHistory:
     """
-    The last C{size} events in memory, each forgotten after C{ttl} seconds
-    (0: kept until pushed out).
+    The last C{size} events in memory, at most C{max_bytes} of frames in all
+    (C{0}: no byte bound), each forgotten after C{ttl} seconds (0: kept until
+    pushed out).
+
+    The byte bound is what keeps a history of large events from taking the
+    machine: 1,000 events of 1 MiB would otherwise hold a gigabyte. The
+    newest event is always kept, whatever its size, so the last id a live
+    client saw stays resumable.
 
     Appending is O(1); C{since} is O(position of the id + events returned).
     """
 
-    def __init__(self, size: int = 1000, ttl: float = 0, reactor: Any = None) -> None:
+    def __init__(
+        self,
+        size: int = 1000,
+        ttl: float = 0,
+        reactor: Any = None,
+        *,
+        max_bytes: int = DEFAULT_HISTORY_BYTES,
+    ) -> None:
         if size < 1:
             raise ValueError(f"history size must be at least 1, got {size}")
         if ttl < 0:
             raise ValueError(f"history ttl must be >= 0 seconds, got {ttl}")
+        if max_bytes < 0:
+            raise ValueError(f"history max_bytes must be >= 0, got {max_bytes}")
         self.size = size
         self.ttl = ttl
+        self.max_bytes = max_bytes
+        #: Bytes of the frames held now.
+        self.bytes = 0
         self._reactor = reactor
         self._seq = 0
         # (sequence number, time published, event), oldest first.
@@ -74,8 +96,12 @@ class MemoryHistory:
         self._seq += 1
         self._ring.append((self._seq, self._stamp(event) if self.ttl else 0.0, event))
         self._by_id[event.id] = self._seq
+        self.bytes += len(event.frame)
         if len(self._ring) > self.size:
             self._forget_oldest()
+        if self.max_bytes:
+            while self.bytes > self.max_bytes and len(self._ring) > 1:
+                self._forget_oldest()
         if self.ttl:
             self._expire()
 
@@ -87,10 +113,12 @@ class MemoryHistory:
         """Forget everything: every id held so far becomes unknown."""
         self._ring.clear()
         self._by_id.clear()
+        self.bytes = 0
 
     def _forget_oldest(self) -> None:
         seq, _, old = self._ring.popleft()
         assert old.id is not None
+        self.bytes -= len(old.frame)
         if self._by_id.get(old.id) == seq:
             del self._by_id[old.id]
 

@@ -72,15 +72,14 @@ def test_drain_writes_every_queued_event_before_a_clean_end(clock: Clock) -> Non
     broker.drain(timeout=5)
     body, ended = r.body()
     assert ended, "the stream ends once everything owed is written"
-    assert [e.last_event_id for e in r.events() if e.type == "story"] == [f"t-{n}" for n in range(1, 22)]
+    got = [e.last_event_id for e in r.events() if e.type == "story"]
+    assert got == [f"t-{n}" for n in range(1, 22)]
     assert broker.client_count() == 0
 
 
 def test_drain_of_a_catching_up_subscriber_writes_the_history_it_is_owed(clock: Clock) -> None:
     """Under overflow catchup, a drained stream gets what the history holds for it, then ends."""
-    broker = SSEBroker(
-        reactor=clock, heartbeat=0, queue_size=2, overflow="catchup", id_prefix="t"
-    )
+    broker = SSEBroker(reactor=clock, heartbeat=0, queue_size=2, overflow="catchup", id_prefix="t")
     site = site_for(broker, clock)
     r = Reader(site, b"/events?channel=a", limit=50)
     broker.publish("a", "story", "x" * 100)
@@ -91,7 +90,8 @@ def test_drain_of_a_catching_up_subscriber_writes_the_history_it_is_owed(clock: 
     assert sub.catching_up
     broker.drain(timeout=5)
     assert r.body()[1]
-    assert [e.last_event_id for e in r.events() if e.type == "story"] == [f"t-{n}" for n in range(1, 12)]
+    got = [e.last_event_id for e in r.events() if e.type == "story"]
+    assert got == [f"t-{n}" for n in range(1, 12)]
 
 
 def test_drain_deadline_aborts_what_could_not_go_out(clock: Clock) -> None:
@@ -140,9 +140,7 @@ def test_expiry_takes_the_stream_out_at_once_and_sends_nothing_later(clock: Cloc
 
 def test_expiry_while_catching_up_aborts(clock: Clock) -> None:
     """A stream owed events from the history at expiry is aborted: it resumes with a new token."""
-    broker = SSEBroker(
-        reactor=clock, heartbeat=0, queue_size=1, overflow="catchup", id_prefix="t"
-    )
+    broker = SSEBroker(reactor=clock, heartbeat=0, queue_size=1, overflow="catchup", id_prefix="t")
     auth = JWTAuth(secret=SECRET, private=["p*"])
     site = site_for(broker, clock, auth=auth)
     r = Reader(site, b"/events?channel=p1&token=" + token(clock, exp=10, subscribe=["p*"]), 50)
@@ -198,9 +196,7 @@ def test_private_channels_never_replayed_to_anonymous_subscribers(clock: Clock) 
 
 def test_catchup_never_feeds_private_events_to_anonymous_subscribers(clock: Clock) -> None:
     """The overflow catch-up reads the history through the same decision as live dispatch."""
-    broker = SSEBroker(
-        reactor=clock, heartbeat=0, queue_size=1, overflow="catchup", id_prefix="t"
-    )
+    broker = SSEBroker(reactor=clock, heartbeat=0, queue_size=1, overflow="catchup", id_prefix="t")
     auth = JWTAuth(secret=SECRET, private=["priv*"])
     site = site_for(broker, clock, auth=auth)
     r = Reader(site, b"/events", limit=50)
@@ -241,3 +237,36 @@ def test_notify_gap_tells_every_open_stream(clock: Clock) -> None:
         (reset,) = [e for e in c.events() if e.type == "sse.reset"]
         assert reset.data == '{"lastEventId":"5-0","reason":"trimmed"}'
     assert broker.resets == 2
+
+
+def test_history_is_bounded_in_bytes_and_holds_each_event_once(clock: Clock) -> None:
+    """
+    The history drops its oldest events to stay within max_bytes (always
+    keeping the newest), and an event holds its frame only: its data is read
+    back from it.
+    """
+    from sse_twisted.event import Event
+    from sse_twisted.history import MemoryHistory
+
+    history = MemoryHistory(100, max_bytes=1000, reactor=clock)
+    events = [Event.create("a", "e", "x" * 300, id=f"t-{n}") for n in range(5)]
+    for ev in events:
+        history.append(ev)
+    assert 0 < history.bytes <= 1000
+    assert [e.id for e in history] == ["t-2", "t-3", "t-4"]
+    assert history.since("t-1", None, 10) is None  # pushed out: unknown, so sse.reset
+    big = Event.create("a", None, text="y" * 5000, id="t-big")
+    history.append(big)
+    assert [e.id for e in history] == ["t-big"]
+    assert not hasattr(big, "__dict__") and "data" not in Event.__dataclass_fields__
+    assert big.data == "y" * 5000
+    assert Event.create("a", None, text="l1\r\nl2\rl3", id="i").data == "l1\nl2\nl3"
+
+
+def test_broker_history_bytes(clock: Clock) -> None:
+    """SSEBroker(history_bytes=...) bounds its in-memory history in bytes."""
+    broker = SSEBroker(reactor=clock, heartbeat=0, history=1000, history_bytes=2000)
+    for _ in range(50):
+        broker.publish("a", "e", "z" * 100)
+    assert broker.history is not None
+    assert 1000 < sum(len(e.frame) for e in broker.history) <= 2000  # type: ignore[attr-defined]
