@@ -23,6 +23,7 @@ from .app import make_resource
 from .auth import JWTAuth
 from .broker import SSEBroker
 from .cors import CORSPolicy
+from .history import DEFAULT_HISTORY_BYTES
 from .limits import DEFAULT_MAX_CHANNELS, RateLimiter, SubscriberLimits
 from .paths import normalise_path
 from .resource import DEFAULT_MAX_BODY
@@ -280,6 +281,13 @@ class Options(usage.Options):
             _seconds("history-ttl"),
         ],
         [
+            "history-bytes",
+            None,
+            DEFAULT_HISTORY_BYTES,
+            "Most bytes of events the history holds (the oldest go first); 0: no byte bound.",
+            _count("history-bytes"),
+        ],
+        [
             "heartbeat",
             None,
             15.0,
@@ -490,6 +498,7 @@ def makeService(options: Options) -> IService:
             command_timeout=options["redis-timeout"],
         )
         history = relay.history
+        relay.history.max_bytes = options["history-bytes"]
     broker = SSEBroker(
         relay=relay,
         queue_size=options["queue-size"],
@@ -499,6 +508,7 @@ def makeService(options: Options) -> IService:
         history=history,
         log_clients=bool(options["log-clients"]),
         history_ttl=options["history-ttl"],
+        history_bytes=options["history-bytes"],
         write_timeout=options["write-timeout"],
     )
     auth = None
