@@ -57,9 +57,22 @@ def routes(
     C{cors}, C{limits}, C{auth} and C{publish_rate} configure the production
     features (all off by default); with C{auth}, the broker learns which
     channels are private.
+
+    C{cors}'s C{"*"} applies to the stream only unless publishing needs a
+    token (C{publish_token} or C{auth}): otherwise any page in a browser on
+    the server's host could publish as a loopback peer. Origins listed by
+    name apply to both.
     """
+    publish_cors = cors
+    if cors is not None and cors.any and publish_token is None and auth is None:
+        publish_cors = cors.listed_only() or None
     publish = PublishResource(
-        broker, token=publish_token, max_body=max_body, auth=auth, rate=publish_rate, cors=cors
+        broker,
+        token=publish_token,
+        max_body=max_body,
+        auth=auth,
+        rate=publish_rate,
+        cors=publish_cors,
     )
     table: dict[str, IResource] = {
         normalise_path(path): StreamResource(broker, cors=cors, limits=limits, auth=auth),
@@ -118,11 +131,30 @@ class _Router(Resource):
         super().__init__()
         self._table = {k.encode("utf-8"): v for k, v in table.items()}
 
-    def render(self, request: Request) -> bytes | int:
-        path = request.path
+    def _route(self, path: bytes) -> IResource | None:
         if len(path) > 1 and path.endswith(b"/"):
             path = path[:-1]
-        resource = self._table.get(path)
+        return self._table.get(path)
+
+    def check_head(self, request: Request, method: bytes, path: bytes, length: int | None) -> int:
+        """
+        How many body bytes a request may send, from its method, path and
+        headers (for L{sse_twisted.site.SSESite}, before any body byte is
+        read; C{length} is the announced one, L{None} for chunked): the
+        publish resource decides for its path; every other path, and an
+        unknown one, takes no body.
+
+        @raise sse_twisted.resource.HTTPError: to refuse the request.
+        """
+        resource = self._route(path)
+        check = getattr(resource, "check_head", None)
+        if check is None:
+            return 0
+        limit: int = check(request, method, length)
+        return limit
+
+    def render(self, request: Request) -> bytes | int:
+        resource = self._route(request.path)
         if resource is None:
             return json_response(request, 404, {"error": "not found"})
         result: bytes | int = resource.render(request)

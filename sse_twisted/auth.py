@@ -3,14 +3,19 @@ JWT authorisation of subscribers and publishers, through PyJWT.
 
 A token's claim C{"sse": {"subscribe": [patterns], "publish": [patterns]}}
 lists the channels its holder may subscribe and publish to (glob patterns,
-C{"*"} for all); C{exp} is enforced. Only channels named private need a
-token to subscribe; publishing needs a token (or the static publish token)
-from anywhere but loopback.
+C{"*"} for all). C{exp} is required (a number of seconds since the epoch)
+and enforced, unless C{allow_no_exp} says that tokens without one are meant
+to last for ever. Only channels named private need a token to subscribe;
+publishing needs a token (or the static publish token) from anywhere but
+loopback. C{sub}, when a string, names the holder (publish rate limits
+count per C{sub}).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import math
+import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
 from functools import lru_cache
@@ -33,6 +38,8 @@ class Grant:
     subscribe: tuple[str, ...]
     publish: tuple[str, ...]
     expires: float | None
+    #: The token's C{sub} claim, when it is a string: who holds it.
+    subject: str | None = None
 
     def may_subscribe(self, channel: str) -> bool:
         return any(fnmatchcase(channel, p) for p in self.subscribe)
@@ -59,6 +66,11 @@ class JWTAuth:
     @param cookie: also take a token from this cookie (EventSource cannot
         set headers; same-site pages can rely on a cookie).
     @param private: glob patterns of channels that need a token to subscribe.
+    @param allow_no_exp: accept tokens without C{exp} (they never expire);
+        by default such a token is refused, so that no token is valid for
+        ever by mistake.
+    @param clock: the time C{exp} is checked against (seconds since the
+        epoch; the wall clock by default, as the token's issuer uses).
     """
 
     def __init__(
@@ -69,6 +81,8 @@ class JWTAuth:
         cookie: str | None = None,
         private: Iterable[str] = (),
         leeway: float = 0,
+        allow_no_exp: bool = False,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         if (secret is None) == (public_key is None):
             raise ValueError("give exactly one of secret (HS256) or public_key (RS256/ES256)")
@@ -77,6 +91,8 @@ class JWTAuth:
         self.cookie = cookie.encode() if cookie else None
         self.private_patterns = tuple(private)
         self.leeway = leeway
+        self.allow_no_exp = allow_no_exp
+        self._clock = clock
         # Channel names are user input: cache, but boundedly.
         self.is_private = lru_cache(maxsize=4096)(self._is_private)
 
@@ -108,16 +124,47 @@ class JWTAuth:
                 self._key,
                 algorithms=self.algorithms,
                 leeway=self.leeway,
-                options={"require": []},
+                # exp is checked below, where its type and range are ours to
+                # decide: PyJWT takes a string exp, and compares 10**400.
+                options={"require": [], "verify_exp": False},
             )
         except jwt.PyJWTError as e:
             raise InvalidToken(str(e)) from None
+        except (ValueError, TypeError, OverflowError) as e:
+            # Claims PyJWT converts with int() (iat, nbf) and chokes on.
+            raise InvalidToken(f"bad claim: {e}") from None
+        if not isinstance(claims, dict):
+            raise InvalidToken("the claims must be an object")
         sse = claims.get("sse", {})
         if not isinstance(sse, dict):
             raise InvalidToken("the sse claim must be an object")
-        exp = claims.get("exp")
+        sub = claims.get("sub")
         return Grant(
             _patterns(sse.get("subscribe")),
             _patterns(sse.get("publish")),
-            float(exp) if isinstance(exp, (int, float)) else None,
+            self._expiry(claims),
+            sub if isinstance(sub, str) else None,
         )
+
+    def _expiry(self, claims: dict[str, Any]) -> float | None:
+        """The token's C{exp} as a float, checked: present, a finite number, not past."""
+        if "exp" not in claims:
+            if self.allow_no_exp:
+                return None
+            raise InvalidToken("token has no exp (--jwt-allow-no-exp accepts such tokens)")
+        exp = claims["exp"]
+        if not isinstance(exp, (int, float)) or isinstance(exp, bool):
+            raise InvalidToken("exp must be a number (seconds since the epoch)")
+        try:
+            expires = float(exp)
+        except OverflowError:
+            raise InvalidToken("exp is out of range") from None
+        if not math.isfinite(expires) or expires > _LATEST_EXP:
+            raise InvalidToken("exp is out of range")
+        if expires + self.leeway <= self._clock():
+            raise InvalidToken("Signature has expired")
+        return expires
+
+
+#: The latest C{exp} taken (the year 9999): past it, a timer cannot be set.
+_LATEST_EXP = 253402300799.0

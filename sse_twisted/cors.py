@@ -27,6 +27,17 @@ class CORSPolicy:
     def __bool__(self) -> bool:
         return self.any or bool(self.origins)
 
+    def listed_only(self) -> CORSPolicy:
+        """
+        The same policy without C{"*"}: only the origins listed by name.
+
+        What publishing gets when it needs no token: with C{"*"}, any page
+        open in a browser on the server's own host could publish as loopback.
+        """
+        policy = CORSPolicy(())
+        policy.origins = self.origins
+        return policy
+
     def apply(self, request: Request) -> bool:
         """Add the response headers for C{request}'s Origin; say whether it is allowed."""
         origin = request.getHeader(b"origin")

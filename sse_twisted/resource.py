@@ -12,6 +12,7 @@ import hmac
 import ipaddress
 import json
 import math
+import re
 from typing import Any
 
 from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
@@ -56,13 +57,36 @@ def json_response(request: Request, status: int, body: Any) -> bytes:
     request.setResponseCode(status)
     request.responseHeaders.setRawHeaders(b"content-type", [b"application/json"])
     request.responseHeaders.setRawHeaders(b"cache-control", [b"no-store"])
-    return json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+    return encode_json_body(body)
+
+
+def encode_json_body(body: Any) -> bytes:
+    """
+    C{body} as compact UTF-8 JSON, whatever strings it holds.
+
+    A lone surrogate (from a C{"\\ud800"} escape in a request) cannot be
+    encoded as UTF-8: such a body falls back to ASCII-only JSON, whose
+    C{\\uXXXX} escapes carry any string.
+    """
+    text = json.dumps(body, ensure_ascii=False, separators=(",", ":"))
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError:
+        return json.dumps(body, separators=(",", ":")).encode("ascii")
+
+
+def safe_message(message: str) -> str:
+    """
+    C{message} with anything UTF-8 cannot carry (lone surrogates echoed from
+    the input) written as a backslash escape, so an error can always be sent.
+    """
+    return message.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def _error(request: Request, error: HTTPError) -> bytes:
     for name, value in error.headers.items():
         request.responseHeaders.setRawHeaders(name, [value])
-    return json_response(request, error.status, {"error": error.message})
+    return json_response(request, error.status, {"error": safe_message(error.message)})
 
 
 def _method_not_allowed(allow: bytes) -> HTTPError:
@@ -93,8 +117,15 @@ def _query_channels(request: Request) -> list[str]:
     return channels
 
 
-#: Longest Last-Event-ID accepted; ids here are far shorter.
+#: Longest event id, in UTF-8 bytes: what C{POST /publish} accepts as an
+#: C{id}, and what a C{Last-Event-ID} may be to be looked up. One limit for
+#: both sides, so no published id can come back as a refused header.
 MAX_LAST_EVENT_ID = 1024
+
+#: What a C{Last-Event-ID} the server cannot use (too long, not UTF-8) is
+#: replaced with: a line break cannot be part of any event id, so no history
+#: holds it, and the subscriber gets C{sse.reset} and the live stream.
+UNUSABLE_LAST_EVENT_ID = "\n(unusable Last-Event-ID)"
 
 
 def _last_event_id(request: Request) -> str | None:
@@ -102,6 +133,11 @@ def _last_event_id(request: Request) -> str | None:
     The id to resume after: the C{Last-Event-ID} header (EventSource sends it
     on reconnect), else C{?lastEventId=} (for a first connect, since
     EventSource cannot set headers).
+
+    Never a refusal: EventSource gives up for good on any answer but 200, so
+    one odd id would stop a browser until the page is reloaded. An id that
+    cannot be looked up resumes from L{UNUSABLE_LAST_EVENT_ID}, which the
+    broker answers with C{sse.reset}.
     """
     raw = request.getHeader(b"last-event-id")
     if raw is None and request.args:
@@ -110,8 +146,11 @@ def _last_event_id(request: Request) -> str | None:
     if not raw:
         return None
     if len(raw) > MAX_LAST_EVENT_ID:
-        raise HTTPError(400, f"Last-Event-ID longer than {MAX_LAST_EVENT_ID} bytes")
-    return raw.decode("utf-8", "replace")
+        return UNUSABLE_LAST_EVENT_ID
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return UNUSABLE_LAST_EVENT_ID
 
 
 class StreamResource(Resource):
@@ -199,6 +238,35 @@ class StreamResource(Resource):
 _BEARER = {b"www-authenticate": b'Bearer realm="sse"'}
 
 
+#: A Host header: a name or IPv4 address, or an IPv6 address in brackets; a port.
+_HOST = re.compile(rb"(?:\[(?P<v6>[0-9a-f:.]+)\]|(?P<name>[^\[\]:]+))(?::[0-9]+)?")
+
+
+def _is_loopback_host(host: bytes | None) -> bool:
+    """
+    Whether a C{Host} header names this machine by a loopback name:
+    C{localhost}, C{127.x.x.x} or C{[::1]}, with any port (or no header, as
+    from an HTTP/1.0 script: a browser always sends one).
+
+    A page that rebinds its own DNS name to 127.0.0.1 still sends its own
+    name here, so this tells such a page from a local program.
+    """
+    if host is None:
+        return True
+    match = _HOST.fullmatch(host.strip().lower())
+    if match is None:
+        return False
+    name = match.group("v6") or match.group("name").rstrip(b".")
+    if name == b"localhost":
+        return True
+    try:
+        ip = ipaddress.ip_address(name.decode("ascii"))
+    except (UnicodeDecodeError, ValueError):
+        return False
+    mapped = getattr(ip, "ipv4_mapped", None)
+    return bool(ip.is_loopback or (mapped is not None and mapped.is_loopback))
+
+
 def _is_loopback(address: object) -> bool:
     if isinstance(address, UNIXAddress):
         return True
@@ -221,7 +289,9 @@ def _parse_item(item: object, where: str) -> None:
         raise HTTPError(400, f"{where}must be a JSON object")
     unknown = set(item) - _ITEM_FIELDS
     if unknown:
-        raise HTTPError(400, f"{where}unknown field(s): {', '.join(sorted(unknown))}")
+        # ascii(): the names are the client's, and may hold lone surrogates.
+        names = ", ".join(ascii(k) for k in sorted(unknown))
+        raise HTTPError(400, f"{where}unknown field(s): {names}")
     if "channel" not in item:
         raise HTTPError(400, f"{where}missing field: channel")
     has_data, has_text = "data" in item, "text" in item
@@ -230,6 +300,12 @@ def _parse_item(item: object, where: str) -> None:
     for name in ("channel", "text", "id"):
         if name in item and not isinstance(item[name], str):
             raise HTTPError(400, f"{where}{name} must be a string")
+    if "id" in item and len(item["id"].encode("utf-8", "surrogatepass")) > MAX_LAST_EVENT_ID:
+        raise HTTPError(
+            400,
+            f"{where}id longer than {MAX_LAST_EVENT_ID} bytes "
+            "(the longest Last-Event-ID a client may send back)",
+        )
     if item.get("event") is not None and not isinstance(item["event"], str):
         raise HTTPError(400, f"{where}event must be a string")
     retry = item.get("retry")
@@ -242,12 +318,19 @@ class PublishResource(Resource):
     POST publishes one event (a JSON object) or a batch (a JSON list).
 
     @param token: when set, every request needs C{Authorization: Bearer
-        <token>}; when L{None}, only loopback peers may publish.
+        <token>}; when L{None}, only loopback peers that name a loopback
+        C{Host} may publish (a DNS-rebinding page names its own host).
     @param max_body: largest body accepted, in bytes.
     @param auth: also accept JWTs whose C{publish} patterns cover every
         channel of the request.
-    @param rate: a limit on publish requests per token (or per peer).
+    @param rate: a limit on publish requests per verified identity: the
+        static token, a JWT's C{sub} (or the token itself), else the peer.
     @param cors: which other origins may publish (and their preflights).
+
+    Served by L{sse_twisted.site.SSESite}, a request is authorised, rate
+    limited and checked against C{max_body} by L{check_head} from its
+    headers alone, before its body is read; elsewhere (a plain Site,
+    Klein) L{render} does the same checks once the body is in.
     """
 
     isLeaf = True
@@ -282,18 +365,51 @@ class PublishResource(Resource):
     def _count(self, request: Request) -> None:
         self.statuses[request.code] = self.statuses.get(request.code, 0) + 1
 
-    def _render(self, request: Request) -> bytes | int:
+    def check_head(self, request: Request, method: bytes, length: int | None) -> int:
+        """
+        Decide from the headers alone, before any byte of the body is read:
+        how many body bytes this request may send (0 for anything but a
+        POST).
+
+        A POST is authorised, rate limited, and its Content-Type and
+        announced C{length} (L{None}: chunked) checked here; L{render} then
+        takes the outcome from the request instead of checking again.
+
+        @raise HTTPError: the request is refused; its body is never read.
+        """
+        if method != b"POST":
+            return 0
         if self.cors is not None:
+            self.cors.apply(request)
+        try:
+            grant, identity = self._authorise(request)
+            if self.rate is not None:
+                self._limit_rate(identity)
+            _check_content_type(request)
+            if length is not None and length > self.max_body:
+                raise HTTPError(413, f"body larger than {self.max_body} bytes")
+        except HTTPError as e:
+            self.statuses[e.status] = self.statuses.get(e.status, 0) + 1
+            raise
+        setattr(request, _ADMITTED, (grant,))
+        return self.max_body
+
+    def _render(self, request: Request) -> bytes | int:
+        admitted: tuple[Grant | None] | None = getattr(request, _ADMITTED, None)
+        if self.cors is not None and admitted is None:
             if request.method == b"OPTIONS" and self.cors.preflight(request, b"POST, OPTIONS"):
                 request.setResponseCode(204)
                 return b""
             self.cors.apply(request)
         try:
-            if request.method != b"POST":
-                raise _method_not_allowed(b"POST")
-            grant = self._authorise(request)
-            if self.rate is not None:
-                self._limit_rate(request)
+            if admitted is not None:
+                grant = admitted[0]
+            else:
+                if request.method != b"POST":
+                    raise _method_not_allowed(b"POST")
+                grant, identity = self._authorise(request)
+                if self.rate is not None:
+                    self._limit_rate(identity)
             if self.broker.draining:
                 raise HTTPError(503, "server is draining; publish to another node")
             if self.broker.relay is not None and not self.broker.relay.ready:
@@ -306,37 +422,47 @@ class PublishResource(Resource):
             return _error(request, e)
         return json_response(request, 200, answer)
 
-    def _authorise(self, request: Request) -> Grant | None:
+    def _authorise(self, request: Request) -> tuple[Grant | None, str]:
         """
         The static token allows everything; a JWT allows its C{publish}
         channels (checked per item); with neither configured nor presented,
-        only loopback peers may publish.
+        only loopback peers naming a loopback C{Host} may publish.
 
-        @return: the JWT's grant when one was used, else L{None}.
+        @return: the JWT's grant when one was used, else L{None}; and the
+            verified identity that the rate limit counts against: never
+            anything the client can vary at will without a valid secret.
         """
         header = request.getHeader(b"authorization") or b""
         scheme, _, given = header.partition(b" ")
         given = given.strip() if scheme.lower() == b"bearer" else b""
         if self._token is not None and given and hmac.compare_digest(given, self._token):
-            return None
+            return None, "token"
         if self.auth is not None:
             token = self.auth.token_from(request, query=False)
             if token is not None:
                 try:
-                    return self.auth.verify(token)
+                    grant = self.auth.verify(token)
                 except InvalidToken as e:
                     raise HTTPError(401, f"invalid token: {e}", _BEARER) from None
+                if grant.subject is not None:
+                    return grant, "sub:" + grant.subject
+                digest = hashlib.sha256(token.encode("utf-8", "surrogatepass")).hexdigest()
+                return grant, "jwt:" + digest
         if self._token is not None or given:
             raise HTTPError(401, "missing or wrong bearer token", _BEARER)
         if not _is_loopback(request.getClientAddress()):
             raise HTTPError(403, "publishing without a token is allowed from loopback only")
-        return None
+        if not _is_loopback_host(request.getHeader(b"host")):
+            raise HTTPError(
+                403,
+                "publishing without a token needs a loopback Host "
+                "(localhost, 127.0.0.1 or [::1]); set --publish-token to publish by another name",
+            )
+        return None, "peer:" + peer_key(request)
 
-    def _limit_rate(self, request: Request) -> None:
+    def _limit_rate(self, identity: str) -> None:
         assert self.rate is not None
-        header = request.getHeader(b"authorization")
-        key = "t:" + hashlib.sha256(header).hexdigest() if header else "p:" + peer_key(request)
-        wait = self.rate.allow(key)
+        wait = self.rate.allow(identity)
         if wait:
             raise HTTPError(
                 429,
@@ -345,9 +471,7 @@ class PublishResource(Resource):
             )
 
     def _read_json(self, request: Request) -> Any:
-        ctype = (request.getHeader(b"content-type") or b"").split(b";", 1)[0].strip().lower()
-        if ctype != b"application/json" and not ctype.endswith(b"+json"):
-            raise HTTPError(415, "Content-Type must be application/json")
+        _check_content_type(request)
         length = request.getHeader(b"content-length")
         if length is not None and length.strip().isdigit() and int(length) > self.max_body:
             raise HTTPError(413, f"body larger than {self.max_body} bytes")
@@ -417,6 +541,17 @@ class PublishResource(Resource):
             raise _item_error(e, batch) from None
         answers = [{"id": ev.id, "clients": self.broker.dispatch(ev)} for ev in events]
         return answers if batch else answers[0]
+
+
+#: The request attribute where L{PublishResource.check_head} leaves its
+#: outcome (the grant) for L{PublishResource.render}.
+_ADMITTED = "_sse_publish_admitted"
+
+
+def _check_content_type(request: Request) -> None:
+    ctype = (request.getHeader(b"content-type") or b"").split(b";", 1)[0].strip().lower()
+    if ctype != b"application/json" and not ctype.endswith(b"+json"):
+        raise HTTPError(415, "Content-Type must be application/json")
 
 
 def _item_error(error: Exception, batch: bool) -> HTTPError:

@@ -232,6 +232,8 @@ def test_publish_rate(start: Callable[..., SSEServer]) -> None:
 
 
 def _token(key: object, algorithm: str = "HS256", **claims: object) -> str:
+    """A JWT with these claims; an hour's exp unless given (tokens without exp are refused)."""
+    claims.setdefault("exp", int(time.time()) + 3600)
     return jwt.encode(dict(claims), key, algorithm=algorithm)  # type: ignore[arg-type]
 
 

@@ -93,7 +93,7 @@ class Conn:
         )
         self.channel = site.buildProtocol(None)
         self.channel.makeConnection(self.transport)
-        lines = [method + b" " + path + b" " + version, b"Host: test"]
+        lines = [method + b" " + path + b" " + version, b"Host: localhost"]
         for name, value in (headers or {}).items():
             lines.append(name + b": " + value)
         if body or method == b"POST":

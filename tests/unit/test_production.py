@@ -277,7 +277,8 @@ def test_jwt_public_key_rs256(clock: Clock) -> None:
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
     )
     a = JWTAuth(public_key=pem, private=["p"])
-    good = jwt.encode({"sse": {"subscribe": ["p"]}}, key, algorithm="RS256")
+    claims = {"sse": {"subscribe": ["p"]}, "exp": int(clock.seconds()) + 60}
+    good = jwt.encode(claims, key, algorithm="RS256")
     assert a.verify(good).may_subscribe("p")
     _, site = setup(clock, auth=a)
     assert Conn(site, b"/events?channel=p&token=" + good.encode()).status == 200

@@ -147,12 +147,15 @@ def test_evicted_id_gets_reset() -> None:
 
 
 def test_last_event_id_too_long() -> None:
-    """An absurdly long Last-Event-ID gets 400, not a stream."""
+    """
+    An absurdly long Last-Event-ID gets a 200 stream opening with sse.reset,
+    never a 4xx: EventSource gives up for good on any status but 200.
+    """
     clock = Clock()
     broker, site = setup(clock)
     c = Conn(site, b"/events", headers={b"Last-Event-ID": b"x" * 2000})
-    assert c.status == 400 and "Last-Event-ID" in c.json()["error"]
-    assert broker.client_count() == 0
+    assert c.status == 200 and [e.type for e in c.events()] == ["sse.reset"]
+    assert broker.client_count() == 1
 
 
 def test_resume_race_with_full_transport() -> None:
