@@ -422,6 +422,26 @@ class Options(usage.Options):
         """Channels matching this glob need a JWT to subscribe; repeatable."""
         self["private-channel"].append(pattern)
 
+    def _check_port(self) -> None:
+        """
+        Check --port from the folder twistd will bind it in: the endpoint
+        (a TLS key file, a UNIX socket) is opened after twistd's C{--rundir}
+        took effect. Under C{--chroot} its paths are not ours to see.
+        """
+        twistd = self.parent
+        if twistd is not None and twistd.get("chroot"):
+            return
+        rundir = twistd.get("rundir", ".") if twistd is not None else "."
+        here = os.getcwd()
+        try:
+            os.chdir(rundir)
+        except OSError:
+            return  # twistd says so itself as it starts
+        try:
+            _check_endpoint(self["port"])
+        finally:
+            os.chdir(here)
+
     def postOptions(self) -> None:
         if self["overflow"] not in OVERFLOW_POLICIES:
             raise usage.UsageError(
@@ -430,7 +450,7 @@ class Options(usage.Options):
             )
         if self["overflow"] == "catchup" and self["history"] == 0:
             raise usage.UsageError("--overflow catchup needs a history (--history N, N > 0)")
-        _check_endpoint(self["port"])
+        self._check_port()
         if self["redis"]:
             # find_spec, not an import: txredisapi imports (so installs) the
             # global reactor, which is not ours to choose while parsing.
