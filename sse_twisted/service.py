@@ -156,6 +156,7 @@ class SSEService(StreamServerEndpointService):
         stopped: Deferred[Any]
         if self._waitingForPort is not None:
             stopped = super().stopService()
+            self._waitingForPort = None  # so that a restart listens again
         else:  # never started: nothing to stop listening on
             Service.stopService(self)
             stopped = succeed(None)

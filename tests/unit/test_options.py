@@ -444,3 +444,14 @@ def test_port_files_are_found_from_twistd_rundir(tmp_path: Path) -> None:
     assert twistd.subOptions["port"] == port
     with pytest.raises(usage.UsageError, match="No such file"):
         ServerOptions().parseOptions(["sse", "--port", port])  # not in this folder
+
+
+def test_restart_listens_again() -> None:
+    """A service stopped and started again listens again."""
+    reactor = MemoryReactorClock()
+    svc = service(reactor)
+    svc.startService()
+    svc.stopService()
+    svc.startService()
+    assert [p[0] for p in reactor.tcpServers] == [8123, 8123]
+    assert svc.port is not None
