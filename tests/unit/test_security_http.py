@@ -206,6 +206,39 @@ def test_deadline_rearmed_for_the_next_request(clock: Clock) -> None:
     assert c.status == 408
 
 
+def test_small_refused_body_is_dropped_and_the_connection_goes_on(clock: Clock) -> None:
+    """A refused request with a small announced body: answered, body dropped, next one served."""
+    broker, site = sse_site(clock)
+    body = b'{"channel":"c","data":1}'
+    c = Raw(site).send(head(b"POST", b"/health", {b"Content-Length": b"%d" % len(body)}))
+    assert c.status == 413 and b"Connection: close" not in c.transport.value()
+    assert not c.transport.disconnecting
+    c.send(body[:5])
+    c.send(body[5:] + head(b"GET", b"/health", {}))
+    assert c.transport.value().count(b"HTTP/1.1 200 OK") == 1
+    assert c.channel.requests == [] and broker.published == 0
+
+
+def test_refusal_with_expect_continue_closes(clock: Clock) -> None:
+    """A refused request that waits for 100 Continue is answered and closed, never sent 100."""
+    _, site = sse_site(clock, publish_token="tok")
+    hdrs = {b"Content-Length": b"10", b"Content-Type": JSON, b"Expect": b"100-continue"}
+    c = Raw(site).send(head(b"POST", b"/publish", hdrs))
+    assert c.status == 401 and b"100 Continue" not in c.transport.value()
+    assert c.transport.disconnecting
+
+
+def test_admitted_publish_gets_100_continue(clock: Clock) -> None:
+    """An admitted publish that asks for 100 Continue gets it, then its answer."""
+    broker, site = sse_site(clock)
+    body = b'{"channel":"c","data":1}'
+    hdrs = {b"Content-Length": b"%d" % len(body), b"Content-Type": JSON, b"Expect": b"100-continue"}
+    c = Raw(site).send(head(b"POST", b"/publish", hdrs))
+    assert c.transport.value() == b"HTTP/1.1 100 Continue\r\n\r\n"
+    c.send(body)
+    assert b"200 OK" in c.transport.value() and broker.published == 1
+
+
 def test_plain_site_still_reads_bodies(clock: Clock) -> None:
     """Outside SSESite (a plain Site, Klein) publishing works as before, checked in render."""
     broker = SSEBroker(reactor=clock, id_prefix="t", heartbeat=0)
