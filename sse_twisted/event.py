@@ -18,12 +18,16 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["MAX_CHANNEL_LENGTH", "MAX_RETRY", "Event", "validate_channel"]
+__all__ = ["MAX_CHANNEL_LENGTH", "MAX_ID_LENGTH", "MAX_RETRY", "Event", "validate_channel"]
 
 #: Longest channel name accepted.
 MAX_CHANNEL_LENGTH = 200
 #: Longest reconnection delay a publisher may ask for (a day, in ms).
 MAX_RETRY = 86_400_000
+#: Longest event id, in UTF-8 bytes: also the longest C{Last-Event-ID} the
+#: server looks up. One limit for both sides, so no id it sends out can come
+#: back as a header it refuses (EventSource would then give up for good).
+MAX_ID_LENGTH = 1024
 
 # CR, LF and NUL would let a value end its field line early and inject fields
 # into every subscriber's stream; they are refused in names and ids.
@@ -202,6 +206,11 @@ class Event:
             if not id:
                 # An empty id field resets the client's last event id.
                 raise ValueError("id must not be empty")
+            if len(id) > MAX_ID_LENGTH // 4 and len(id.encode("utf-8")) > MAX_ID_LENGTH:
+                raise ValueError(
+                    f"id longer than {MAX_ID_LENGTH} bytes"
+                    " (the longest Last-Event-ID a client may send back)"
+                )
         if retry is not None:
             if not isinstance(retry, int) or isinstance(retry, bool):
                 raise TypeError(f"retry must be an int, not {type(retry).__name__}")

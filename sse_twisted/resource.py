@@ -24,7 +24,7 @@ from twisted.web.server import NOT_DONE_YET, Request
 from .auth import Grant, InvalidToken, JWTAuth
 from .broker import SSEBroker
 from .cors import CORSPolicy
-from .event import Event, validate_channel
+from .event import MAX_ID_LENGTH, Event, validate_channel
 from .limits import RateLimiter, SubscriberLimits, peer_key
 
 __all__ = [
@@ -117,10 +117,8 @@ def _query_channels(request: Request) -> list[str]:
     return channels
 
 
-#: Longest event id, in UTF-8 bytes: what C{POST /publish} accepts as an
-#: C{id}, and what a C{Last-Event-ID} may be to be looked up. One limit for
-#: both sides, so no published id can come back as a refused header.
-MAX_LAST_EVENT_ID = 1024
+#: Longest C{Last-Event-ID} looked up: the longest id an event may have.
+MAX_LAST_EVENT_ID = MAX_ID_LENGTH
 
 #: What a C{Last-Event-ID} the server cannot use (too long, not UTF-8) is
 #: replaced with: a line break cannot be part of any event id, so no history
@@ -300,12 +298,6 @@ def _parse_item(item: object, where: str) -> None:
     for name in ("channel", "text", "id"):
         if name in item and not isinstance(item[name], str):
             raise HTTPError(400, f"{where}{name} must be a string")
-    if "id" in item and len(item["id"].encode("utf-8", "surrogatepass")) > MAX_LAST_EVENT_ID:
-        raise HTTPError(
-            400,
-            f"{where}id longer than {MAX_LAST_EVENT_ID} bytes "
-            "(the longest Last-Event-ID a client may send back)",
-        )
     if item.get("event") is not None and not isinstance(item["event"], str):
         raise HTTPError(400, f"{where}event must be a string")
     retry = item.get("retry")

@@ -547,6 +547,7 @@ def makeService(options: Options) -> IService:
     )
     if relay is not None:
         relay.on_event = broker.dispatch
+        relay.on_gap = broker.notify_gap
     root = make_resource(
         broker,
         path=options["path"],
