@@ -372,6 +372,11 @@ def check_session(
         where = f"{name} connection {n}"
         parser.reset()
         items, end = conn.parse(parser, ledger)
+        if conn.subscriber is None:
+            # Turned away (draining): told to come back later, never subscribed.
+            if any(item.kind == "event" for item in items):
+                raise ContractViolation(f"{where}: events on a turned-away stream")
+            continue
         if conn.last_id and conn.last_id not in ledger.index:
             pos = conn.start - 1  # an id the broker never gave: everything live is owed
         elif conn.last_id:

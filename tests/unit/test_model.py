@@ -21,7 +21,8 @@ several, all; with or without a Last-Event-ID), publish (data, text, batches,
 with and without ids), let clients read some or all of what is waiting, leave,
 and reconnect with their last id (as EventSource does, after an abort, a clean
 end or leaving), advance the clock (heartbeats, history TTL, drain polls) and
-drain with a deadline, after which only clients act. After every step each
+drain with a deadline, after which only clients act (a reconnect is turned
+away). After every step each
 client's bytes are dechunked and parsed with the project's parser and checked
 by L{tests.unit.flow.check_session} (order, no duplicate, every gap signalled
 where it is, no clean end over a gap, nothing owed on an idle stream), and
@@ -34,7 +35,9 @@ a long search::
     SSE_MODEL_EXAMPLES=5000 SSE_MODEL_STEPS=60 .venv/bin/pytest -q \\
         tests/unit/test_model.py -p no:cacheprovider -k StreamModel
 
-(the test's timeout grows with the budget). The examples below are the cases
+(the test's timeout grows with the budget). Known bugs still being fixed
+are let through (L{KNOWN_BUGS}); C{SSE_MODEL_TOLERATE=} (empty) checks
+everything. The examples below are the cases
 the model found or that matter most, kept as plain regression tests.
 """
 
@@ -69,10 +72,13 @@ from .flow import (
 )
 from .support import make_site
 
-#: Known bugs the model lets pass until their fix lands (each has an xfail
-#: regression test below); SSE_MODEL_STRICT=1 checks them too.
-KNOWN_BUGS = (
-    frozenset() if os.environ.get("SSE_MODEL_STRICT") else frozenset({"late-dropped", "late-reset"})
+#: Known bugs the model lets pass until their fix lands (each has a strict
+#: xfail test below; see check_session for what each lets through).
+#: SSE_MODEL_TOLERATE=late-dropped,... chooses others; empty: strict.
+KNOWN_BUGS = frozenset(
+    name
+    for name in os.environ.get("SSE_MODEL_TOLERATE", "late-dropped,late-reset").split(",")
+    if name
 )
 EXAMPLES = int(os.environ.get("SSE_MODEL_EXAMPLES", "200"))
 STEPS = int(os.environ.get("SSE_MODEL_STEPS", "40"))
@@ -255,6 +261,10 @@ class World:
             event("path: reconnected")
         if any(c.transport.peak >= self.mark for c in conns):
             event("path: paused")
+        if any(c.subscriber is None for c in conns):
+            event("path: turned away")
+        if self.drained is not None and any(c.transport.aborted for c in conns):
+            event("path: aborted at the drain deadline (or before)")
 
     def finish(self) -> None:
         """Every client reads until nothing more comes; then check once more."""
@@ -292,7 +302,7 @@ class StreamModel(RuleBasedStateMachine):
     @initialize(
         overflow=st.sampled_from(OVERFLOW_POLICIES),
         queue_size=st.integers(1, 4),
-        history=st.sampled_from([None, 1, 3, 8]),
+        history=st.sampled_from([None, 1, 4, 16]),
         ttl=st.sampled_from([0, 5.0]),
         history_object=st.booleans(),
         mark=st.sampled_from([64, 250, 400]),
@@ -342,7 +352,7 @@ class StreamModel(RuleBasedStateMachine):
         if resume == "unknown":
             origin = "gone-7"
         elif resume == "known" and self.world.ledger.ids:
-            origin = self.world.ledger.ids[pick % len(self.world.ledger.ids)]
+            origin = self.world.ledger.ids[-1 - pick % min(6, len(self.world.ledger.ids))]
         self.world.subscribe(channels, origin)
 
     @precondition(lambda self: self._open())
@@ -373,10 +383,12 @@ class StreamModel(RuleBasedStateMachine):
         if self._has_sessions():
             self.world.leave(self._pick(i))
 
-    @precondition(lambda self: self._open() and self._has_sessions())
     @rule(i=st.integers(0, MAX_SESSIONS - 1))
     def reconnect(self, i: int) -> None:
-        """EventSource reconnects with its last id once its connection ended."""
+        """
+        EventSource reconnects with its last id once its connection ended
+        (turned away while draining).
+        """
         ended = [s for s in self.world.sessions if s.current.finished_for_client]
         if ended:
             self.world.reconnect(ended[i % len(ended)])
