@@ -299,7 +299,10 @@ class Subscriber:
         queue = self._queue
         if queue is None:
             queue = self._queue = deque()
-        if len(queue) < self.queue_size:
+        # Once events were dropped, nothing joins the queue until the client
+        # has read it and been told of the drop: sse.dropped stands where
+        # the gap is, never after later events.
+        if len(queue) < self.queue_size and not self.dropped:
             queue.append(event)
             return DELIVERED
         return self._overflowed(queue)
@@ -367,6 +370,16 @@ class Subscriber:
         """Replay the events after C{last_id}, then join the live stream."""
         self._cursor = last_id
         self._set_live(False)
+        if self._paused and (
+            self._history is None or self._history.since(last_id, self.readable, 1) is None
+        ):
+            # Decided now, not when the client reads: the events published
+            # from now on must be queued, not left to a history that cannot
+            # be read from this id.
+            self._cursor = None
+            self._broker.resets += 1
+            self._write(reset_notice(last_id))
+            return
         self._flush()
 
     # IPushProducer
