@@ -173,6 +173,7 @@ class Connection:
         channels: frozenset[str] | None,
         last_id: str,
         mark: int,
+        query: str = "",
     ) -> None:
         self.broker = broker
         self.last_id = last_id
@@ -182,7 +183,9 @@ class Connection:
         self.channel = site.buildProtocol(None)
         self.transport.protocol = self.channel  # type: ignore[attr-defined]
         self.channel.makeConnection(self.transport)
-        query = "&".join(f"channel={c}" for c in sorted(channels)) if channels else ""
+        query = "&".join(
+            [f"channel={c}" for c in sorted(channels or ())] + ([query] if query else [])
+        )
         lines = [b"GET /events%s HTTP/1.1" % (b"?" + query.encode() if query else b""), b"Host: t"]
         if last_id:
             lines.append(b"Last-Event-ID: " + last_id.encode())
@@ -291,10 +294,12 @@ class Session:
     def current(self) -> Connection:
         return self.connections[-1]
 
-    def connect(self, site: Site, broker: SSEBroker, mark: int, ledger: Ledger) -> Connection:
+    def connect(
+        self, site: Site, broker: SSEBroker, mark: int, ledger: Ledger, query: str = ""
+    ) -> Connection:
         """Open a connection, resuming with the last id seen (as EventSource does)."""
         last = self.last_seen(ledger)
-        conn = Connection(site, broker, self.channels, last, mark)
+        conn = Connection(site, broker, self.channels, last, mark, query)
         self.connections.append(conn)
         return conn
 

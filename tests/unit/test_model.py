@@ -35,10 +35,10 @@ a long search::
     SSE_MODEL_EXAMPLES=5000 SSE_MODEL_STEPS=60 .venv/bin/pytest -q \\
         tests/unit/test_model.py -p no:cacheprovider -k StreamModel
 
-(the test's timeout grows with the budget). Known bugs still being fixed
-are let through (L{KNOWN_BUGS}); C{SSE_MODEL_TOLERATE=} (empty) checks
-everything. The examples below are the cases
-the model found or that matter most, kept as plain regression tests.
+(the test's timeout grows with the budget). C{SSE_MODEL_TOLERATE} lets
+named known bugs through while they are being fixed (L{KNOWN_BUGS}). The
+examples below are the cases the model found or that matter most, kept as
+plain regression tests.
 """
 
 from __future__ import annotations
@@ -46,6 +46,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
+import jwt
 import pytest
 from hypothesis import HealthCheck, event, settings
 from hypothesis import strategies as st
@@ -60,6 +61,8 @@ from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 
 from sse_twisted import SSEBroker
+from sse_twisted.app import make_resource
+from sse_twisted.auth import JWTAuth
 from sse_twisted.event import Event
 from sse_twisted.history import MemoryHistory
 from sse_twisted.subscriber import OVERFLOW_POLICIES
@@ -72,18 +75,15 @@ from .flow import (
 )
 from .support import make_site
 
-#: Known bugs the model lets pass until their fix lands (each has a strict
-#: xfail test below; see check_session for what each lets through).
-#: SSE_MODEL_TOLERATE=late-dropped,... chooses others; empty: strict.
-KNOWN_BUGS = frozenset(
-    name
-    for name in os.environ.get("SSE_MODEL_TOLERATE", "late-dropped,late-reset").split(",")
-    if name
-)
+#: Known bugs the model lets pass while their fix is under way (each then has
+#: a strict xfail test below; see check_session for what each lets through):
+#: SSE_MODEL_TOLERATE=late-dropped,late-reset. None today: both are fixed.
+KNOWN_BUGS = frozenset(name for name in os.environ.get("SSE_MODEL_TOLERATE", "").split(",") if name)
 EXAMPLES = int(os.environ.get("SSE_MODEL_EXAMPLES", "200"))
 STEPS = int(os.environ.get("SSE_MODEL_STEPS", "40"))
 CHANNELS = ("a", "b", "c")
 HEARTBEAT = 1.0
+SECRET = "model-secret-for-tests-only-0123456789"
 MAX_SESSIONS = 4
 
 channel_sets = st.one_of(
@@ -111,10 +111,13 @@ class World:
         ttl: float = 0,
         history_object: bool = False,
         mark: int = 300,
+        expiry: float | None = None,
         tolerate: frozenset[str] = KNOWN_BUGS,
     ) -> None:
         self.tolerate = tolerate
         self.clock = Clock()
+        #: Seconds each connection's token is valid for (None: no auth).
+        self.expiry = expiry
         hist: Any = history
         if history and history_object:
             hist = MemoryHistory(history, ttl, self.clock)
@@ -131,7 +134,12 @@ class World:
         )
         self.queue_size = queue_size
         self.mark = mark
-        self.site = make_site(self.broker.resource(), self.clock)
+        if expiry is None:
+            self.site = make_site(self.broker.resource(), self.clock)
+        else:
+            # Every stream carries a token that expires: the stream then ends.
+            auth = JWTAuth(secret=SECRET, clock=self.clock.seconds)
+            self.site = make_site(make_resource(self.broker, demo=False, auth=auth), self.clock)
         self.ledger = Ledger()
         self.sessions: list[Session] = []
         self.explicit = 0
@@ -143,13 +151,20 @@ class World:
     def subscribe(self, channels: frozenset[str] | None, origin: str = "") -> Session:
         s = Session(f"client{len(self.sessions)}", channels, origin=origin)
         self.sessions.append(s)
-        s.connect(self.site, self.broker, self.mark, self.ledger)
+        s.connect(self.site, self.broker, self.mark, self.ledger, self.token())
         self.settle()
         return s
 
     def reconnect(self, s: Session) -> None:
-        s.connect(self.site, self.broker, self.mark, self.ledger)
+        """A new connection (with a fresh token, as the page would fetch)."""
+        s.connect(self.site, self.broker, self.mark, self.ledger, self.token())
         self.settle()
+
+    def token(self) -> str:
+        if self.expiry is None:
+            return ""
+        claims = {"exp": self.clock.seconds() + self.expiry}
+        return "token=" + jwt.encode(claims, SECRET, algorithm="HS256")
 
     def read(self, s: Session, n: int | None = None) -> None:
         s.current.transport.read(n)
@@ -247,8 +262,17 @@ class World:
     def tally(self) -> None:
         """Say which paths this run took (--hypothesis-show-statistics)."""
         b = self.broker
-        for name in ("dropped", "slow_disconnects", "catchups", "replayed", "resets", "heartbeats"):
-            if getattr(b, name):
+        for name in (
+            "dropped",
+            "slow_disconnects",
+            "catchups",
+            "replayed",
+            "resets",
+            "heartbeats",
+            "expired",
+            "write_timeouts",
+        ):
+            if getattr(b, name, 0):
                 event(f"path: {name}")
         conns = [c for s in self.sessions for c in s.connections]
         if self.drained is not None:
@@ -307,6 +331,7 @@ class StreamModel(RuleBasedStateMachine):
         history_object=st.booleans(),
         mark=st.sampled_from([64, 250, 400]),
         channels=channel_sets,
+        expiry=st.sampled_from([None, None, 2.0, 7.0]),
     )
     def start(
         self,
@@ -317,6 +342,7 @@ class StreamModel(RuleBasedStateMachine):
         history_object: bool,
         mark: int,
         channels: frozenset[str] | None,
+        expiry: float | None,
     ) -> None:
         """A broker with one overflow policy, and a first subscriber (else runs check little)."""
         if overflow == "catchup" and history is None:
@@ -328,6 +354,7 @@ class StreamModel(RuleBasedStateMachine):
             ttl=ttl,
             history_object=history_object,
             mark=mark,
+            expiry=expiry,
         )
         self.world.subscribe(channels)
 
@@ -505,20 +532,14 @@ def test_client_that_left_resumes_or_is_told_reset() -> None:
     w.finish()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="found by the model: a resume whose id the history had already lost, on a "
-    "stream paused before its first write, skips live events published meanwhile "
-    "(Subscriber.send leaves them to the history while the cursor is set; the catch-up "
-    "then finds the id unknown, says sse.reset and goes live past them)",
-)
 def test_resume_with_lost_id_keeps_events_published_after_connecting() -> None:
     """
-    A client that comes back with an id the history no longer holds is told
-    sse.reset, and then gets every event published after it connected, even
-    if its socket was full before the reset could be written.
+    Found by the model: a client that comes back with an id the history no
+    longer holds is told sse.reset, and then gets every event published
+    after it connected, even if its socket was full before the reset could
+    be written (those events used to be left to the history, then skipped).
     """
-    w = World(overflow="drop", queue_size=4, history=2, mark=250, tolerate=frozenset())
+    w = World(overflow="drop", queue_size=4, history=2, mark=250)
     s = w.subscribe(None, origin="gone-7")
     assert s.current.transport.throttled  # headers and the opening fill its socket
     w.publish("a", 10, False, False, False)
@@ -527,24 +548,20 @@ def test_resume_with_lost_id_keeps_events_published_after_connecting() -> None:
     w.finish()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="found by the model: Subscriber._flush returns when the transport pauses it "
-    "mid-queue with the drop notice unwritten, and later events are queued behind the "
-    "gap, so sse.dropped arrives after them (and counts later drops in with it)",
-)
 def test_dropped_notice_comes_at_the_gap() -> None:
     """
-    A client that missed events is told sse.dropped right where they were
-    missing, before any event published after them.
+    Found by the model: a client that missed events is told sse.dropped
+    right where they were missing, before any event published after them
+    (it used to come after later events, which had been queued behind the
+    gap while the flush waited on the socket).
     """
-    w = World(overflow="drop", queue_size=3, history=None, mark=64, tolerate=frozenset())
+    w = World(overflow="drop", queue_size=3, history=None, mark=64)
     s = w.subscribe(None)
     for _ in range(4):  # m-1..m-3 queued, m-4 dropped
         w.publish("a", 10, False, False, False)
     w.read(s)  # m-1 goes out and fills the socket again
-    for _ in range(2):  # m-5 queued behind the gap (today), m-6 dropped
+    for _ in range(2):  # m-5, m-6 published before the client reads again
         w.publish("a", 10, False, False, False)
     w.read_up(s)
-    # Today: m-1 m-2 m-3 m-5 dropped:2. Any order that tells the gap where it is passes.
+    # It was m-1 m-2 m-3 m-5 dropped:2. Any order that tells the gap where it is passes.
     w.finish()
