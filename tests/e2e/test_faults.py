@@ -10,7 +10,7 @@ in count and time.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 
@@ -21,6 +21,9 @@ from .faults_support import (
     Member,
     MiB,
     Publisher,
+    Stream,
+    assert_no_silent_gap,
+    metric,
     open_fds,
     poll,
     raise_fd_limit,
@@ -127,3 +130,133 @@ def test_churn_leaves_no_trace(servers: list[SSEServer]) -> None:
     assert end_fds == base_fds
     assert abs(end_rss - base_rss) < 10 * MiB
     assert_clean_log(server)
+
+
+# Stuck peers
+
+EVENTS = 2000
+EVENT_SIZE = 8192
+BATCH = 50
+QUEUE_SIZE = 64
+#: Small, so that what a stuck stream holds beyond it shows in RSS: were the
+#: server to keep every event for the stuck client (a queue or a write buffer
+#: without bound), the RSS would grow by (EVENTS - HISTORY) x 8 KiB = 15 MiB.
+HISTORY = 100
+#: What one stuck stream may hold: its queue (events the history may have let
+#: go of, data and frame: 2 x 8 KiB each), Twisted's write buffer (it pauses
+#: the stream past 64 KiB; one more frame may land) and the kernel's socket
+#: buffers (not in RSS), with slack for the allocator and the publish bodies
+#: being parsed.
+STUCK_BOUND = QUEUE_SIZE * 2 * EVENT_SIZE + 128 * 1024 + 4 * MiB
+
+
+def publish_in_step(
+    server: SSEServer, reader: Stream, first: int, count: int, on_batch: Callable[[], None]
+) -> list[str]:
+    """
+    Publish C{count} events of 8 KiB in batches, each batch once the reader
+    has the one before (so a reading client is never the slow one).
+    """
+    publisher = Publisher(server)
+    ids: list[str] = []
+    try:
+        for start in range(first, first + count, BATCH):
+            items = [
+                {"channel": "big", "text": text_of(n, EVENT_SIZE)}
+                for n in range(start, min(start + BATCH, first + count))
+            ]
+            batch = publisher.publish(items)
+            ids += batch
+            reader.read_to_id(batch[-1], timeout=20)
+            on_batch()
+    finally:
+        publisher.close()
+    return ids
+
+
+def stuck_stream(server: SSEServer, path: str = "/events?channel=big") -> Stream:
+    """A subscriber with a 4 KiB receive buffer that reads its head and then nothing."""
+    stuck = Stream(server, path, rcvbuf=4096)
+    stuck.read_head()
+    return stuck
+
+
+@pytest.mark.parametrize("policy", ["drop", "disconnect", "catchup"])
+@pytest.mark.timeout(120)
+def test_stuck_peer_keeps_memory_bounded(servers: list[SSEServer], policy: str) -> None:
+    """
+    A client that never reads again, under each overflow policy, while 2,000
+    events of 8 KiB are published to its channel: the server's RSS grows by
+    less than STUCK_BOUND (about 5.1 MiB: queue + write buffer + slack,
+    a third of what holding every event would take), a reading subscriber on
+    the same channel receives every event in order, and the stuck client is
+    handled as its policy says (drop: counted and told with sse.dropped;
+    disconnect: aborted, slot freed; catchup: fed from the history, told
+    sse.reset where the history no longer reaches), never with a silent gap.
+    """
+    server = SSEServer(
+        "--overflow", policy, "--queue-size", str(QUEUE_SIZE), "--history", str(HISTORY)
+    )
+    servers.append(server)
+    pid = server.pid
+
+    # Warm-up: the history fills with events of this size.
+    warm = Stream(server, "/events?channel=big")
+    warm.read_head()
+    publish_in_step(server, warm, 0, EVENTS, lambda: None)
+    warm.close()
+    poll(lambda: subscribers(server) == 0, 10, "the warm-up reader gone")
+    base_rss = rss(pid)
+
+    stuck = stuck_stream(server)
+    reader = Stream(server, "/events?channel=big")
+    reader.read_head()
+    assert subscribers(server) == 2
+    peak = [base_rss]
+    start = time.monotonic()
+    ids = publish_in_step(
+        server, reader, EVENTS, EVENTS, lambda: peak.append(max(peak[-1], rss(pid)))
+    )
+    took = time.monotonic() - start
+    grown = peak[-1] - base_rss
+
+    assert assert_no_silent_gap(reader.events, ids) == ids, "the reader missed events"
+    assert [e.data for e in reader.events if e.type == "message"] == [
+        text_of(n, EVENT_SIZE) for n in range(EVENTS, 2 * EVENTS)
+    ]
+    dropped = metric(server, "sse_events_dropped_total", '{reason="queue_full"}')
+    slow = metric(server, "sse_events_dropped_total", '{reason="slow_disconnect"}')
+    catchups = metric(server, "sse_catchups_total")
+    left = subscribers(server)
+    assert grown < STUCK_BOUND, f"RSS grew by {grown / MiB:.1f} MiB (bound {STUCK_BOUND / MiB:.2f})"
+
+    # Now the stuck client reads what it was given.
+    if policy == "disconnect":
+        ended = stuck.read_to_end(timeout=30)
+    else:
+        # It is told of its loss first; a marker published then comes after.
+        notice = "sse.dropped" if policy == "drop" else "sse.reset"
+        stuck.read_until(lambda d: any(e.type == notice for e in d.events), timeout=30)
+        [marker] = Publisher(server).publish([{"channel": "big", "text": "marker"}])
+        ids.append(marker)
+        stuck.read_to_id(marker, timeout=30)
+        ended = "open"
+    got = assert_no_silent_gap(stuck.events, ids)
+    types = {e.type for e in stuck.events}
+    print(
+        f"stuck ({policy}): {EVENTS} x {EVENT_SIZE} B in {took:.1f}s; RSS "
+        f"{base_rss / MiB:.1f} -> peak {peak[-1] / MiB:.1f} MiB (+{grown / MiB:.2f}, bound "
+        f"{STUCK_BOUND / MiB:.2f}); dropped {dropped:.0f}, slow disconnects {slow:.0f}, "
+        f"catch-ups {catchups:.0f}; stuck client got {len(got)} events, {sorted(types)}, "
+        f"stream {ended}"
+    )
+    if policy == "drop":
+        assert dropped > 0 and left == 2 and "sse.dropped" in types
+    elif policy == "disconnect":
+        assert slow == 1 and left == 1 and ended != "clean"
+        assert len(got) < EVENTS
+    else:
+        assert catchups >= 1 and left == 2
+        assert "sse.reset" in types  # the history (100) no longer reached its cursor
+    stuck.close()
+    reader.close()
