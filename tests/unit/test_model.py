@@ -112,6 +112,8 @@ class World:
         history_object: bool = False,
         mark: int = 300,
         expiry: float | None = None,
+        history_bytes: int = 0,
+        write_timeout: float = 0,
         tolerate: frozenset[str] = KNOWN_BUGS,
     ) -> None:
         self.tolerate = tolerate
@@ -120,7 +122,7 @@ class World:
         self.expiry = expiry
         hist: Any = history
         if history and history_object:
-            hist = MemoryHistory(history, ttl, self.clock)
+            hist = MemoryHistory(history, ttl, self.clock, max_bytes=history_bytes)
         self.history_size = history or 0
         self.broker = SSEBroker(
             queue_size=queue_size,
@@ -131,6 +133,8 @@ class World:
             id_prefix="m",
             history=hist,
             history_ttl=ttl,
+            history_bytes=history_bytes,
+            write_timeout=write_timeout,
         )
         self.queue_size = queue_size
         self.mark = mark
@@ -332,6 +336,8 @@ class StreamModel(RuleBasedStateMachine):
         mark=st.sampled_from([64, 250, 400]),
         channels=channel_sets,
         expiry=st.sampled_from([None, None, 2.0, 7.0]),
+        history_bytes=st.sampled_from([0, 0, 400]),
+        write_timeout=st.sampled_from([0, 0, 2.0]),
     )
     def start(
         self,
@@ -343,6 +349,8 @@ class StreamModel(RuleBasedStateMachine):
         mark: int,
         channels: frozenset[str] | None,
         expiry: float | None,
+        history_bytes: int,
+        write_timeout: float,
     ) -> None:
         """A broker with one overflow policy, and a first subscriber (else runs check little)."""
         if overflow == "catchup" and history is None:
@@ -355,6 +363,8 @@ class StreamModel(RuleBasedStateMachine):
             history_object=history_object,
             mark=mark,
             expiry=expiry,
+            history_bytes=history_bytes,
+            write_timeout=write_timeout,
         )
         self.world.subscribe(channels)
 
