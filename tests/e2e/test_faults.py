@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from ..servers import SSEServer
+from ..servers import RawSubscriber, SSEServer
 from .faults_support import (
     BackgroundPublisher,
     Crowd,
@@ -260,3 +260,140 @@ def test_stuck_peer_keeps_memory_bounded(servers: list[SSEServer], policy: str) 
         assert "sse.reset" in types  # the history (100) no longer reached its cursor
     stuck.close()
     reader.close()
+
+
+def fill_until_paused(server: SSEServer) -> None:
+    """
+    Publish 8 KiB events until the server has had to drop some for a stuck
+    stream (under the default C{drop} policy its queue overflows only while
+    the stream is paused), at most 2,000.
+    """
+    publisher = Publisher(server)
+    try:
+        for start in range(0, EVENTS, BATCH):
+            publisher.publish(
+                [
+                    {"channel": "big", "text": text_of(n, EVENT_SIZE)}
+                    for n in range(start, start + BATCH)
+                ]
+            )
+            if metric(server, "sse_events_dropped_total", '{reason="queue_full"}') > 0:
+                return
+    finally:
+        publisher.close()
+    raise AssertionError(f"{EVENTS} events of {EVENT_SIZE} B never stalled the stream")
+
+
+@pytest.mark.timeout(60)
+def test_write_timeout_aborts_a_stuck_stream_and_frees_its_slot(servers: list[SSEServer]) -> None:
+    """
+    With C{--write-timeout 2}, a stream whose socket takes no byte is aborted
+    2 to 5 seconds after it stalled (never sooner: the timer counts from the
+    stall) and its slot is freed: C{sse_subscribers} drops to 0, and a
+    C{--max-clients 1} server that turned a second subscriber away while the
+    stuck one held the slot accepts a new one. The stuck client then sees a
+    broken connection, not a clean end.
+    """
+    server = SSEServer("--write-timeout", "2", "--max-clients", "1")
+    servers.append(server)
+    stuck = stuck_stream(server)
+    start = time.monotonic()
+    fill_until_paused(server)
+    stalled = time.monotonic()
+
+    turned_away = RawSubscriber(server, "/events?channel=big").read_to_close()
+    assert b"server full" in turned_away, turned_away
+
+    poll(lambda: subscribers(server) == 0, 10, "the stuck stream aborted")
+    gone = time.monotonic()
+    print(
+        f"write timeout 2s: stalled within {stalled - start:.2f}s of the first publish, "
+        f"aborted {gone - stalled:.2f}s after that ({gone - start:.2f}s after the first publish)"
+    )
+    assert gone - start >= 2.0, "aborted before it can have been stuck for 2s"
+    assert gone - stalled < 5.0
+    assert "took no byte for 2.0s: aborted" in server.output()
+
+    fresh = Stream(server, "/events?channel=big")
+    fresh.read_head()
+    assert subscribers(server) == 1
+    [marker] = Publisher(server).publish([{"channel": "big", "text": "after"}])
+    fresh.read_to_id(marker)
+    assert stuck.read_to_end(timeout=10) != "clean"
+    fresh.close()
+    stuck.close()
+
+
+SLOW_TICKS = 320  # of 25 ms: 8 s
+SLOW_READ = 2048  # bytes a tick: 80 KiB/s
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason=(
+        "Bug in sse_twisted/subscriber.py (stalled_for/pending_bytes): progress is read from "
+        "Twisted's own write buffer only. Once the kernel's send queue is large (autotuned "
+        "to MBs), Linux reports the socket writable only after a large part of it drains, so "
+        "a peer reading 80 KiB/s moves no byte out of Twisted's buffer for seconds and is "
+        "aborted as stuck. Counting the kernel's unacknowledged queue too (TIOCOUTQ/SIOCOUTQ, "
+        "or TCP_INFO bytes_acked) tells them apart."
+    ),
+)
+@pytest.mark.timeout(60)
+def test_write_timeout_spares_a_slow_reader(servers: list[SSEServer]) -> None:
+    """
+    With C{--write-timeout 2}, a client that reads slowly (2 KiB every 25 ms,
+    an eighth of the rate events are published for 8 s, so that its stream
+    stays paused for seconds at a time and events are dropped for it) is
+    never aborted: it stays counted, no abort is logged, and it is told of
+    its loss and receives a marker published afterwards.
+    """
+    server = SSEServer("--write-timeout", "2")
+    servers.append(server)
+    slow = Stream(server, "/events?channel=big", rcvbuf=4096)
+    slow.read_head()
+    publisher = Publisher(server)
+    start = time.monotonic()
+    first_drop: float | None = None
+    aborted: float | None = None
+    for n in range(SLOW_TICKS):  # 2 events (16 KiB) a tick: 640 KiB/s
+        publisher.publish(
+            [{"channel": "big", "text": text_of(2 * n + k, EVENT_SIZE)} for k in range(2)]
+        )
+        slow.sock.settimeout(0.001)
+        try:
+            data = slow.sock.recv(SLOW_READ)
+        except TimeoutError:
+            data = None
+        except ConnectionResetError:
+            data = b""
+        if data == b"":
+            aborted = time.monotonic() - start
+            break
+        if data is not None:
+            slow.decoder.feed(data)
+        if (
+            first_drop is None
+            and n % 20 == 0
+            and metric(server, "sse_events_dropped_total", '{reason="queue_full"}') > 0
+        ):
+            first_drop = time.monotonic()
+        # Pacing the load, not waiting for anything.
+        time.sleep(max(0.0, start + (n + 1) * 0.025 - time.monotonic()))
+    took = time.monotonic() - start
+    dropped = metric(server, "sse_events_dropped_total", '{reason="queue_full"}')
+    print(
+        f"slow reader: {slow.decoder.received} bytes read in {took:.1f}s while "
+        f"{2 * SLOW_TICKS * EVENT_SIZE} were published; {dropped:.0f} dropped for it, "
+        f"the first {first_drop - start if first_drop else float('nan'):.1f}s in; "
+        f"aborted after {aborted}s"
+    )
+    assert aborted is None, f"a slow reader was aborted after {aborted:.1f}s"
+    assert first_drop is not None and time.monotonic() - first_drop > 4, "not stalled long"
+    assert subscribers(server) == 1
+    assert "took no byte" not in server.output()
+    slow.read_until(lambda d: any(e.type == "sse.dropped" for e in d.events), timeout=30)
+    [marker] = publisher.publish([{"channel": "big", "text": "marker"}])
+    slow.read_to_id(marker, timeout=30)
+    publisher.close()
+    slow.close()
