@@ -12,6 +12,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator
 
+import jwt
 import pytest
 
 from ..servers import RawSubscriber, SSEServer
@@ -324,7 +325,7 @@ def test_write_timeout_aborts_a_stuck_stream_and_frees_its_slot(servers: list[SS
     stuck.close()
 
 
-SLOW_TICKS = 320  # of 25 ms: 8 s
+SLOW_TICKS = 400  # of 25 ms: 10 s
 SLOW_READ = 2048  # bytes a tick: 80 KiB/s
 
 
@@ -343,7 +344,7 @@ SLOW_READ = 2048  # bytes a tick: 80 KiB/s
 def test_write_timeout_spares_a_slow_reader(servers: list[SSEServer]) -> None:
     """
     With C{--write-timeout 2}, a client that reads slowly (2 KiB every 25 ms,
-    an eighth of the rate events are published for 8 s, so that its stream
+    a twelfth of the rate events are published for 10 s, so that its stream
     stays paused for seconds at a time and events are dropped for it) is
     never aborted: it stays counted, no abort is logged, and it is told of
     its loss and receives a marker published afterwards.
@@ -356,9 +357,9 @@ def test_write_timeout_spares_a_slow_reader(servers: list[SSEServer]) -> None:
     start = time.monotonic()
     first_drop: float | None = None
     aborted: float | None = None
-    for n in range(SLOW_TICKS):  # 2 events (16 KiB) a tick: 640 KiB/s
+    for n in range(SLOW_TICKS):  # 3 events (24 KiB) a tick: 960 KiB/s
         publisher.publish(
-            [{"channel": "big", "text": text_of(2 * n + k, EVENT_SIZE)} for k in range(2)]
+            [{"channel": "big", "text": text_of(3 * n + k, EVENT_SIZE)} for k in range(3)]
         )
         slow.sock.settimeout(0.001)
         try:
@@ -384,9 +385,9 @@ def test_write_timeout_spares_a_slow_reader(servers: list[SSEServer]) -> None:
     dropped = metric(server, "sse_events_dropped_total", '{reason="queue_full"}')
     print(
         f"slow reader: {slow.decoder.received} bytes read in {took:.1f}s while "
-        f"{2 * SLOW_TICKS * EVENT_SIZE} were published; {dropped:.0f} dropped for it, "
+        f"{3 * SLOW_TICKS * EVENT_SIZE} were published; {dropped:.0f} dropped for it, "
         f"the first {first_drop - start if first_drop else float('nan'):.1f}s in; "
-        f"aborted after {aborted}s"
+        + (f"aborted after {aborted:.1f}s" if aborted is not None else "not aborted")
     )
     assert aborted is None, f"a slow reader was aborted after {aborted:.1f}s"
     assert first_drop is not None and time.monotonic() - first_drop > 4, "not stalled long"
@@ -397,3 +398,95 @@ def test_write_timeout_spares_a_slow_reader(servers: list[SSEServer]) -> None:
     slow.read_to_id(marker, timeout=30)
     publisher.close()
     slow.close()
+
+
+# A stream outlives its token (issue 10, item 2)
+
+SECRET = "a secret of at least 32 bytes for HS256 tests"
+BIG = 100_000
+#: Events published to the stream before its token expires: more than the
+#: kernel's socket buffers take (4 MB), within its queue (64).
+OWED = 40
+AFTER = 200  # events published after
+
+
+def publish_big(publisher: Publisher, tag: str, count: int) -> list[str]:
+    """C{count} events of 100 KB on C{priv-x}, 8 to a request (under --max-body)."""
+    ids: list[str] = []
+    for start in range(0, count, 8):
+        items = [
+            {"channel": "priv-x", "text": text_of(n, BIG, tag)}
+            for n in range(start, min(start + 8, count))
+        ]
+        ids += publisher.publish(items)
+    return ids
+
+
+@pytest.mark.parametrize("reads", ["late", "at-exp"])
+@pytest.mark.timeout(90)
+def test_a_stream_ends_with_its_token(servers: list[SSEServer], reads: str) -> None:
+    """
+    A subscriber of a private channel with a JWT that expires in a few
+    seconds stops reading while 40 events of 100 KB are published to it. At
+    exp the server takes it out (C{sse_subscribers} back to 0 within a
+    second); 200 more events of 100 KB published after exp do not grow the
+    server's RSS by their size (under 5 MiB for 20 MB; the history holds 16);
+    and when the client reads, whether at exp or once they are all published,
+    it receives none of them, and its stream does not end cleanly over a gap:
+    either every event owed from before exp, in order, then the chunked
+    terminator (what a client reading at exp gets), or an abort (what a
+    client gets that has not read its last bytes 5 s after exp).
+    """
+    server = SSEServer("--jwt-secret", SECRET, "--private-channel", "priv*", "--history", "16")
+    servers.append(server)
+    pid = server.pid
+    publisher = Publisher(server)
+    # Warm-up: the history fills with such events; bodies of this size are parsed.
+    publish_big(publisher, "w", AFTER)
+    assert subscribers(server) == 0
+
+    exp = int(time.time()) + 4
+    claims = {"sse": {"subscribe": ["priv*"]}, "exp": exp, "sub": "faults"}
+    token = jwt.encode(claims, SECRET, algorithm="HS256")
+    stuck = Stream(
+        server,
+        "/events?channel=priv-x",
+        headers={"Authorization": f"Bearer {token}"},
+        rcvbuf=4096,
+    )
+    assert stuck.read_head().startswith(b"HTTP/1.1 200 ")
+    owed = publish_big(publisher, "b", OWED)
+    assert time.time() < exp - 0.5, "publishing before exp took too long for this test"
+    assert subscribers(server) == 1
+
+    poll(lambda: subscribers(server) == 0, exp - time.time() + 5, "the expired stream gone")
+    late = time.time() - exp
+    assert late < 1.0, f"the expired stream was still counted {late:.2f}s after exp"
+
+    ended = ""
+    if reads == "at-exp":
+        ended = stuck.read_to_end(timeout=10)
+    base_rss = rss(pid)
+    after = publish_big(publisher, "a", AFTER)
+    grown = rss(pid) - base_rss
+    publisher.close()
+    if reads == "late":
+        # Its last bytes (4 MB) cannot all go out: aborted after close_timeout (5 s).
+        server.read_until("did not take its last bytes in 5.0s: aborted", exp + 10 - time.time())
+        ended = stuck.read_to_end(timeout=30)
+        assert ended != "clean"
+
+    got = assert_no_silent_gap(stuck.events, owed + after)
+    print(
+        f"token expiry ({reads}): out of the index {late:.2f}s after exp; RSS "
+        f"{base_rss / MiB:.1f} -> {(base_rss + grown) / MiB:.1f} MiB over {AFTER} x {BIG} B "
+        f"published after exp; the client got {len(got)} of {OWED} owed events, stream {ended}"
+    )
+    assert not set(got) & set(after), "events published after exp reached the stream"
+    assert not any(e.data.startswith("a") for e in stuck.events)
+    assert grown < 5 * MiB, f"RSS grew by {grown / MiB:.1f} MiB after exp"
+    if ended == "clean":
+        assert got == owed, "a clean end over a gap"
+    if reads == "at-exp":
+        assert ended == "clean", "a client that reads at exp can be given all it is owed"
+    stuck.close()
