@@ -80,7 +80,7 @@ def test_churn_leaves_no_trace(servers: list[SSEServer]) -> None:
     """
     2,000 subscribers connect and leave in waves of 100 (two waves open at
     once), half with a TCP reset and half with a normal close, every tenth
-    with a small receive buffer so that some are stalled when they go, while
+    with a small receive buffer so that the server may hold bytes for it, while
     events are published throughout: afterwards the server holds exactly its
     baseline of file descriptors and streams, its RSS is within 10 MiB of the
     baseline taken after a warm-up of the same churn (500 subscribers, to
