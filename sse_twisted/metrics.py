@@ -52,6 +52,12 @@ class BrokerCollector:
                 "Queue overflows turned into a catch-up from the history.",
                 b.catchups,
             ),
+            (
+                "sse_write_timeouts",
+                "Streams aborted because their socket took no byte for --write-timeout.",
+                b.write_timeouts,
+            ),
+            ("sse_expired", "Streams ended because their token expired.", b.expired),
         ]:
             yield CounterMetricFamily(name, help_text, value=value)
         dropped = CounterMetricFamily(
@@ -71,6 +77,11 @@ class BrokerCollector:
             "sse_history_events",
             "Events held for resuming clients.",
             value=len(history) if history is not None else 0,
+        )
+        yield GaugeMetricFamily(
+            "sse_history_bytes",
+            "Bytes of events held for resuming clients.",
+            value=getattr(history, "bytes", 0),
         )
         relay = b.relay
         if relay is not None:

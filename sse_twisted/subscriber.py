@@ -12,6 +12,7 @@ means.
 
 from __future__ import annotations
 
+import struct
 from collections import deque
 from collections.abc import Callable, Container
 from typing import TYPE_CHECKING, Any, Literal
@@ -110,18 +111,42 @@ def write_through(transport: Any, data: bytes) -> None:
 _TCPServer = tcp.Server
 
 
+try:
+    from fcntl import ioctl as _ioctl
+    from termios import TIOCOUTQ as _TIOCOUTQ
+except ImportError:  # pragma: no cover - not POSIX: only Twisted's buffer counts
+    _ioctl = None  # type: ignore[assignment]
+    _TIOCOUTQ = 0  # type: ignore[misc]
+
+
+def _kernel_unsent(sock: Any) -> int:
+    """Bytes in the socket's kernel send queue not yet acknowledged (Linux); 0 elsewhere."""
+    if _ioctl is None:
+        return 0
+    try:
+        raw = _ioctl(sock.fileno(), _TIOCOUTQ, b"\0\0\0\0")
+    except (OSError, ValueError, AttributeError):
+        return 0
+    return int(struct.unpack("i", raw)[0])
+
+
 def pending_bytes(transport: Any) -> int | None:
     """
-    Bytes written to C{transport} that the socket has not taken yet, or
-    L{None} where that cannot be known (TLS, HTTP/2, test transports).
+    Bytes written to C{transport} that the peer has not taken yet (Twisted's
+    buffer plus the kernel's send queue), or L{None} where that cannot be
+    known (TLS, HTTP/2, test transports).
 
     Lets a stalled stream be told from a slow one: while a stream is paused
     nothing new is written to its transport, so this number falls exactly
-    when the peer reads.
+    when the peer reads. The kernel's part matters: Linux grows a socket's
+    send buffer to megabytes and reports it writable only once much of it
+    has drained, so a slow reader can leave Twisted's buffer untouched for
+    seconds while it reads all the time.
     """
     if type(transport) is not _TCPServer:
         return None
-    return len(transport.dataBuffer) - transport.offset + transport._tempDataLen
+    buffered = len(transport.dataBuffer) - transport.offset + transport._tempDataLen
+    return int(buffered) + _kernel_unsent(transport.socket)
 
 
 def _transport_closed(transport: Any) -> bool:

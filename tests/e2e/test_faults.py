@@ -330,18 +330,6 @@ SLOW_TICKS = 400  # of 25 ms: 10 s
 SLOW_READ = 2048  # bytes a tick: 80 KiB/s
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "Bug in sse_twisted/subscriber.py (stalled_for/pending_bytes): progress is read from "
-        "Twisted's own write buffer only. Once the kernel's send queue is large (autotuned "
-        "to MBs), Linux reports the socket writable only after a large part of it drains, so "
-        "a peer reading 80 KiB/s moves no byte out of Twisted's buffer for seconds and is "
-        "aborted as stuck. Counting the kernel's unacknowledged queue too (TIOCOUTQ/SIOCOUTQ, "
-        "or TCP_INFO bytes_acked) tells them apart."
-    ),
-)
-@pytest.mark.timeout(60)
 def test_write_timeout_spares_a_slow_reader(servers: list[SSEServer]) -> None:
     """
     With C{--write-timeout 2}, a client that reads slowly (2 KiB every 25 ms,

@@ -289,6 +289,9 @@ def test_metrics(clock: Clock) -> None:
     assert values[("sse_heartbeats_total", ())] == 1
     assert values[("sse_events_replayed_total", ())] == 2
     assert values[("sse_history_events", ())] == 3
+    assert 0 < values[("sse_history_bytes", ())] < 1000
+    assert values[("sse_write_timeouts_total", ())] == 0
+    assert values[("sse_expired_total", ())] == 0
     assert values[("sse_bytes_sent_total", ())] > 0
     assert ("process_resident_memory_bytes", ()) in values
     assert len(resumed.events()) == 2
