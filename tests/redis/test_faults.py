@@ -661,3 +661,31 @@ def test_stream_trimmed_past_the_reader_tells_open_streams(
     assert got.index(reset[0]) == 1  # told before anything after the gap
     read_events_until(subs[1], lambda g: any(e.type == "sse.reset" for e in g))
     assert metrics(a)["sse_relay_gaps_total"] == 1
+
+
+# Issue 10 item 1 across nodes
+
+
+def test_no_node_replays_private_events_to_anonymous_subscribers(
+    redis: RedisServer, node: Callable[..., SSEServer]
+) -> None:
+    """
+    Private events published through one node are never replayed by another
+    to an anonymous subscriber resuming with a public id, nor sent live to
+    an anonymous subscriber of every channel.
+    """
+    private = ("--jwt-secret", "s3cret-s3cret-s3cret-s3cret-s3cr", "--private-channel", "priv*")
+    a = node(redis.url, *private)
+    b = node(redis.url, *private)
+    live = RawSubscriber(b, "/events")
+    live.read_until(b": connected")
+    first = a.publish("pub", "e", "p0")["id"]
+    a.publish("priv-x", "e", "secret-1")
+    a.publish("pub", "e", "p1")
+    a.publish("priv-x", "e", "secret-2")
+    last = a.publish("pub", "e", "end")["id"]
+    resumed = RawSubscriber(b, f"/events?lastEventId={first}")
+    for sub in (live, resumed):
+        got = read_events_until(sub, has_id(last))
+        assert not any("secret" in e.data for e in got)
+    assert [e.data for e in parsed(resumed) if e.type == "e"] == ['"p1"', '"end"']

@@ -1,0 +1,144 @@
+"""
+Issue 10 items 1 and 7 on real `twistd sse` processes: private channels are
+never replayed to a subscriber that may not read them (resume and catch-up),
+and the history is bounded in bytes.
+"""
+
+from __future__ import annotations
+
+import socket
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import jwt
+import pytest
+
+from sse_twisted.parser import EventStreamParser, MessageEvent
+
+from ..servers import RawSubscriber, SSEServer
+
+pytestmark = pytest.mark.e2e
+
+SECRET = "s3cret-s3cret-s3cret-s3cret-s3cr"
+PRIVATE = ("--jwt-secret", SECRET, "--private-channel", "priv*")
+
+
+@pytest.fixture
+def start() -> Iterator[Callable[..., SSEServer]]:
+    started: list[SSEServer] = []
+
+    def run(*args: str) -> SSEServer:
+        srv = SSEServer("--heartbeat", "0", *args)
+        started.append(srv)
+        return srv
+
+    yield run
+    for srv in started:
+        srv.stop()
+        assert "Traceback" not in srv.output(), srv.output()[-3000:]
+
+
+def token(**sse: Any) -> str:
+    claims = {"sse": sse, "exp": int(time.time()) + 600}
+    return jwt.encode(claims, SECRET, algorithm="HS256")
+
+
+def events(sub: RawSubscriber) -> list[MessageEvent]:
+    return EventStreamParser().feed(sub.body())
+
+
+def read_until_data(sub: RawSubscriber, data: str, timeout: float = 10.0) -> list[MessageEvent]:
+    """Read until an event whose data is C{data} arrives."""
+    deadline = time.monotonic() + timeout
+    while not any(e.data == data for e in events(sub)):
+        left = deadline - time.monotonic()
+        assert left > 0, f"{data!r} not received; got {[e.data for e in events(sub)]}"
+        sub.sock.settimeout(left)
+        chunk = sub.sock.recv(65536)
+        assert chunk, f"closed before {data!r}"
+        sub.data += chunk
+    return events(sub)
+
+
+def test_anonymous_resume_with_a_public_id_gets_no_private_event(
+    start: Callable[..., SSEServer],
+) -> None:
+    """
+    GET /events?lastEventId=<public id> without a token replays the public
+    events after it and none of the private ones; a token that grants the
+    private channel opens them on the same path.
+    """
+    srv = start(*PRIVATE)
+    first = srv.publish("pub", "story", "p0")["id"]
+    srv.publish("priv-x", "story", "secret-1")
+    srv.publish("pub", "story", "p1")
+    srv.publish("priv-x", "story", "secret-2")
+    srv.publish("pub", "story", "end")
+    anon = RawSubscriber(srv, f"/events?lastEventId={first}")
+    got = read_until_data(anon, '"end"')
+    assert [e.data for e in got if e.type == "story"] == ['"p1"', '"end"']
+    granted = RawSubscriber(srv, f"/events?lastEventId={first}&token={token(subscribe=['priv-x'])}")
+    got = read_until_data(granted, '"end"')
+    assert [e.data for e in got if e.type == "story"] == [
+        '"secret-1"',
+        '"p1"',
+        '"secret-2"',
+        '"end"',
+    ]
+    for sub in (anon, granted):
+        sub.close()
+
+
+def test_catchup_never_feeds_private_events_to_a_stalled_anonymous_subscriber(
+    start: Callable[..., SSEServer],
+) -> None:
+    """
+    Under --overflow catchup, an anonymous subscriber of every channel that
+    stopped reading is fed from the history once it reads again: the public
+    events, in order, and no private one.
+    """
+    srv = start(*PRIVATE, "--overflow", "catchup", "--queue-size", "2", "--history", "500")
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.connect((srv.host, srv.port))
+    sock.sendall(f"GET /events HTTP/1.1\r\nHost: 127.0.0.1:{srv.port}\r\n\r\n".encode())
+    sub = RawSubscriber.__new__(RawSubscriber)
+    sub.sock, sub.data = sock, b""
+    sub.read_until(b": connected")
+    pad = "x" * 8000
+    for n in range(60):  # ~1 MB: far past the socket buffers, so it catches up
+        srv.request(
+            "POST",
+            "/publish",
+            [
+                {"channel": "pub", "data": f"{n}{pad}"},
+                {"channel": "priv-x", "data": f"secret{pad}"},
+            ],
+        )
+    srv.publish("pub", "story", "end")
+    got = read_until_data(sub, '"end"', timeout=30)
+    datas = [e.data for e in got if not e.type.startswith("sse.")]
+    assert not any("secret" in d for d in datas)
+    assert [d for d in datas if d != '"end"'] == [f'"{n}{pad}"' for n in range(60)]
+    sub.close()
+
+
+def test_history_bounded_in_bytes(start: Callable[..., SSEServer]) -> None:
+    """
+    --history-bytes keeps the history within its bytes: an id pushed out by
+    size gets sse.reset, a recent one resumes, and /metrics shows the bytes.
+    """
+    srv = start("--history", "1000", "--history-bytes", "40000")
+    ids = [srv.publish("c", "e", "y" * 8000)["id"] for _ in range(10)]
+    old = RawSubscriber(srv, f"/events?channel=c&lastEventId={ids[0]}")
+    old.read_until(b"sse.reset")
+    recent = RawSubscriber(srv, f"/events?channel=c&lastEventId={ids[8]}")
+    recent.read_until(ids[9].encode())
+    assert [e.last_event_id for e in events(recent) if e.type == "e"] == [ids[9]]
+    status, _, text = srv.request("GET", "/metrics")
+    assert status == 200
+    (line,) = [ln for ln in text.decode().splitlines() if ln.startswith("sse_history_bytes ")]
+    assert 32000 < float(line.split()[1]) <= 40000
+    for sub in (old, recent):
+        sub.close()
