@@ -52,7 +52,9 @@ class SubscriberLimits:
         return None
 
     def track(self, request: Request) -> None:
-        """Count C{request}'s stream until it finishes."""
+        """Count C{request}'s stream until it finishes (only if a stream cap is set)."""
+        if not (self.max_clients or self.max_per_ip):
+            return
         key = peer_key(request)
         self.open += 1
         self._per_ip[key] = self._per_ip.get(key, 0) + 1

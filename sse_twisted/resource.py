@@ -13,6 +13,7 @@ import ipaddress
 import json
 import math
 import re
+from functools import lru_cache
 from typing import Any
 
 from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
@@ -240,6 +241,7 @@ _BEARER = {b"www-authenticate": b'Bearer realm="sse"'}
 _HOST = re.compile(rb"(?:\[(?P<v6>[0-9a-f:.]+)\]|(?P<name>[^\[\]:]+))(?::[0-9]+)?")
 
 
+@lru_cache(maxsize=256)  # a handful of distinct Host values; ipaddress is slow
 def _is_loopback_host(host: bytes | None) -> bool:
     """
     Whether a C{Host} header names this machine by a loopback name:
@@ -269,13 +271,18 @@ def _is_loopback(address: object) -> bool:
     if isinstance(address, UNIXAddress):
         return True
     if isinstance(address, (IPv4Address, IPv6Address)):
-        try:
-            ip = ipaddress.ip_address(address.host.split("%", 1)[0])
-        except ValueError:
-            return False
-        mapped = getattr(ip, "ipv4_mapped", None)
-        return bool(ip.is_loopback or (mapped is not None and mapped.is_loopback))
+        return _is_loopback_ip(address.host)
     return False
+
+
+@lru_cache(maxsize=1024)  # peers repeat; ipaddress parsing is ~10 us a call
+def _is_loopback_ip(host: str) -> bool:
+    try:
+        ip = ipaddress.ip_address(host.split("%", 1)[0])
+    except ValueError:
+        return False
+    mapped = getattr(ip, "ipv4_mapped", None)
+    return bool(ip.is_loopback or (mapped is not None and mapped.is_loopback))
 
 
 def _reject_constant(name: str) -> Any:

@@ -201,9 +201,15 @@ class _BoundedChannel(HTTPChannel):
         self._armDeadline()
 
     def _armDeadline(self) -> None:
-        self._bytesSinceArmed = False
-        self._inBody = False
-        self._answered = False
+        # Set only when they differ from the class defaults: an idle stream's
+        # channel then holds no more instance attributes than it must (each
+        # one can cost a dict resize, ~1.5 KiB per stream).
+        if self._bytesSinceArmed:
+            self._bytesSinceArmed = False
+        if self._inBody:
+            self._inBody = False
+        if self._answered:
+            self._answered = False
         if self.requestTimeout > 0 and self._deadline is None:
             self._deadline = self.callLater(self.requestTimeout, self._requestTooSlow)
 
@@ -364,6 +370,13 @@ class SSESite(Site):
         super().__init__(resource, parsePOSTFormSubmission=False, **kw)
         self.header_timeout = header_timeout
         self.access_log = access_log
+        # The channel's settings as class attributes of a class of this
+        # site's own, not as attributes of each channel (memory per stream).
+        self._channel_class = type(
+            "SSEChannel",
+            (_BoundedChannel,),
+            {"requestTimeout": header_timeout, "sse_site": self},
+        )
 
     def admit(
         self, request: _BoundedRequest, method: bytes, target: bytes, length: int | None
@@ -383,7 +396,8 @@ class SSESite(Site):
             limit: int = check(request, method, target.split(b"?", 1)[0], length)
         except HTTPError as error:
             return error
-        request.body_limit = limit
+        if limit > 0:  # a request that may send no body keeps no limit (memory per stream)
+            request.body_limit = limit
         if (length is None and limit <= 0) or (length is not None and length > limit):
             return _too_large(limit)
         return None
@@ -397,9 +411,7 @@ class SSESite(Site):
             super().log(request)
 
     def protocol(self) -> _GenericHTTPChannelProtocol:
-        channel = _BoundedChannel()
-        channel.requestTimeout = self.header_timeout
-        channel.sse_site = self
+        channel = self._channel_class()
         # twisted.web's own factory does the same wrapping, which switches to
         # HTTP/2 when ALPN negotiates it.
         return _GenericHTTPChannelProtocol(channel)
