@@ -194,6 +194,20 @@ class AllChannels:
         return decision
 
 
+class _Gap:
+    """
+    Where a slow client's queue overflowed (policy C{drop}): C{count} events
+    were dropped at this place in the stream. Kept in the queue, so the
+    client is told right where the events are missing, and later events can
+    still queue behind it.
+    """
+
+    __slots__ = ("count",)
+
+    def __init__(self) -> None:
+        self.count = 1
+
+
 @implementer(IPushProducer)
 class Subscriber:
     """
@@ -224,6 +238,7 @@ class Subscriber:
         "_cursor",
         "_ended",
         "_fast",
+        "_held",
         "_history",
         "_live",
         "_paused",
@@ -273,7 +288,10 @@ class Subscriber:
         #: While paused: (when it paused or last made progress, pending bytes then).
         self._stall: tuple[float, int | None] | None = None
         # Created on first use: an idle deque costs ~600 bytes per subscriber.
-        self._queue: deque[Event] | None = None
+        # Events, and a _Gap wherever events were dropped between them.
+        self._queue: deque[Event | _Gap] | None = None
+        #: Events (not gaps) in the queue: what queue_size bounds.
+        self._held = 0
         self._write = request.write
         # Kept because the request forgets its channel once it finishes.
         self._channel = request.channel
@@ -295,7 +313,7 @@ class Subscriber:
     @property
     def queued(self) -> int:
         """How many events wait in the queue."""
-        return len(self._queue) if self._queue is not None else 0
+        return self._held
 
     @property
     def ended(self) -> bool:
@@ -324,11 +342,9 @@ class Subscriber:
         queue = self._queue
         if queue is None:
             queue = self._queue = deque()
-        # Once events were dropped, nothing joins the queue until the client
-        # has read it and been told of the drop: sse.dropped stands where
-        # the gap is, never after later events.
-        if len(queue) < self.queue_size and not self.dropped:
+        if self._held < self.queue_size:
             queue.append(event)
+            self._held += 1
             return DELIVERED
         return self._overflowed(queue)
 
@@ -339,12 +355,14 @@ class Subscriber:
         self._write(data)
         return True
 
-    def _overflowed(self, queue: deque[Event]) -> int:
+    def _overflowed(self, queue: deque[Event | _Gap]) -> int:
         broker = self._broker
+        last = queue[-1]
         if self.overflow == "catchup" and self._history is not None:
+            assert isinstance(last, Event)  # gaps are made under "drop" only
             broker.catchups += 1
             # Keep what is queued; everything after it comes from the history.
-            self._cursor = queue[-1].id
+            self._cursor = last.id
             return SKIPPED
         if self.overflow == "disconnect":
             broker.slow_disconnects += 1
@@ -363,6 +381,10 @@ class Subscriber:
                 size=self.queue_size,
             )
         self.dropped += 1
+        if type(last) is _Gap:
+            last.count += 1
+        else:
+            queue.append(_Gap())
         return SKIPPED
 
     def _peer(self) -> str:
@@ -446,21 +468,25 @@ class Subscriber:
 
     def _flush(self, force: bool = False) -> None:
         """
-        Write what is owed in order: the queue, a drop notice, then the
-        history after the cursor. Stops when the transport pauses, unless
-        C{force} (the stream is closing and must get all it is owed).
+        Write what is owed in order: the queue (with a drop notice wherever
+        events were dropped), then the history after the cursor. Stops when
+        the transport pauses, unless C{force} (the stream is closing and must
+        get all it is owed).
         """
         queue = self._queue
         write = self._write
         if queue is not None:
             while queue and (force or not self._paused):
-                write(queue.popleft().frame)
+                item = queue.popleft()
+                if type(item) is _Gap:
+                    self.dropped -= item.count
+                    write(dropped_notice(item.count))
+                else:
+                    self._held -= 1
+                    write(item.frame)  # type: ignore[union-attr]
             if queue:
                 return
             self._queue = None
-        if self.dropped:
-            count, self.dropped = self.dropped, 0
-            write(dropped_notice(count))
         while self._cursor is not None and (force or not self._paused):
             self._catch_up(force)
         self._set_live(not self._paused and self._cursor is None)
@@ -579,6 +605,7 @@ class Subscriber:
         self._end()
         self._cursor = None
         self._queue = None
+        self._held = 0
         self.dropped = 0
         transport = self.transport
         if transport is None:

@@ -9,6 +9,7 @@ in count and time.
 
 from __future__ import annotations
 
+import signal
 import time
 from collections.abc import Callable, Iterator
 
@@ -479,3 +480,39 @@ def test_a_stream_ends_with_its_token(servers: list[SSEServer], reads: str) -> N
     if reads == "at-exp":
         assert ended == "clean", "a client that reads at exp can be given all it is owed"
     stuck.close()
+
+
+# Drain (issue 9, finding 1)
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("reads", ["during the drain", "after the deadline"])
+def test_drain_never_ends_cleanly_over_a_gap(servers: list[SSEServer], reads: str) -> None:
+    """
+    A subscriber stops reading while 128 events of 64 KiB are published
+    (--queue-size 1000: none dropped), then SIGTERM. Reading during the drain
+    it gets all 128, in order, then the clean end; reading only after the
+    drain deadline it finds its connection aborted, never a clean end over
+    the events it did not get. (Before the fix: 63 events, then a clean end.)
+    """
+    server = SSEServer("--heartbeat", "0", "--queue-size", "1000", "--drain-timeout", "3")
+    servers.append(server)
+    stream = Stream(server, "/events?channel=big", rcvbuf=4096)
+    stream.read_head()
+    publisher = Publisher(server)
+    ids = [
+        publisher.publish([{"channel": "big", "text": text_of(n, 64 * 1024)}])[0]
+        for n in range(128)
+    ]
+    publisher.close()
+    server.proc.send_signal(signal.SIGTERM)
+    if reads == "after the deadline":
+        server.read_until("still open at drain deadline: aborted", timeout=15)
+    end = stream.read_to_end(timeout=30)
+    got = assert_no_silent_gap(stream.events, ids)
+    if reads == "during the drain":
+        assert end == "clean" and got == ids
+    else:
+        assert end in ("eof", "reset") and got != ids
+    stream.close()
+    assert server.proc.wait(15) in (0, -signal.SIGTERM)
