@@ -1,0 +1,106 @@
+"""Where things are, which core runs what, and the names and sizes of everything measured."""
+
+from __future__ import annotations
+
+import os
+import resource
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+BENCH = Path(__file__).resolve().parent.parent
+ROOT = BENCH.parent
+BUILD = BENCH / "build"
+RESULTS = BENCH / "results"
+VENV = BENCH / ".venv"
+VPY = VENV / "bin" / "python"
+MAIN_VENV = ROOT / ".venv"
+TWISTD = MAIN_VENV / "bin" / "twistd"
+LOADGEN = BUILD / "loadgen"
+GO_BIN = BUILD / "sse-gin"
+GO_REFERENCE = Path(
+    os.environ.get("SSE_GO_REFERENCE", ROOT.parent / "shared" / "reference" / "sse.go")
+)
+GIN_SRC = Path("/usr/share/gocode/src/github.com/gin-gonic/gin")
+REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
+SERVER_CPU = "0"
+LOAD_CPU = "1"
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+REFERENCE = "sse_twisted"
+#: Every server name --servers accepts; --variant adds "sse_twisted@NAME" (servers.add_variant).
+ALL_SERVERS = [
+    "sse_twisted",
+    "twisted-floor",
+    "starlette-h11",
+    "starlette-uvloop",
+    "aiohttp-sse",
+    "go-gin",
+]
+PY_PEERS = ["starlette-h11", "starlette-uvloop", "aiohttp-sse"]
+DEFAULT_SCENARIOS = ["idle", "burst", "paced", "slow", "channels"]
+# Scale-out: sse_twisted alone vs two sse_twisted nodes sharing one redis-server.
+REDIS_SCENARIOS = ["redis-burst", "redis-paced"]  # `--scenarios redis` selects both
+REDIS_SETUPS = ["single", "redis-2"]  # what these scenarios compare, instead of the servers
+REDIS_REF = "single"
+ALL_SCENARIOS = ["idle", "burst", "paced", "slow", "capacity", "channels", *REDIS_SCENARIOS]
+PAD_100B = 64  # pad length that makes an event's JSON data about 100 bytes
+
+# Scenario sizes: full run, and the --quick smoke run.
+PARAMS: dict[str, dict[str, dict[str, Any]]] = {
+    "full": {
+        "idle": {"conns": 5000},
+        "burst": {"conns": 1000, "events": 200, "pad": PAD_100B},
+        "paced": {"conns": 1000, "rate": 50, "seconds": 6, "pad": PAD_100B},
+        "slow": {"stalled": 40, "readers": 10, "events": 1000, "pad": 16384, "queue": 64},
+        "capacity": {
+            "conns": 19900,
+            "procs": 4,
+            "events": 20,
+            "pad": PAD_100B,
+            "heartbeat": 5,
+            "hold": 6,
+        },
+        "channels": {
+            "conns": 10000,
+            "channels": 1000,
+            "events": 2000,
+            "pad": PAD_100B,
+            "control": 10,
+        },
+        "redis-burst": {"conns": 1000, "procs": 2, "events": 200, "pad": PAD_100B},
+        "redis-paced": {"conns": 1000, "procs": 2, "rate": 50, "seconds": 6, "pad": PAD_100B},
+    },
+    "quick": {
+        "idle": {"conns": 1000},
+        "burst": {"conns": 200, "events": 50, "pad": PAD_100B},
+        "paced": {"conns": 200, "rate": 50, "seconds": 2, "pad": PAD_100B},
+        "slow": {"stalled": 40, "readers": 10, "events": 200, "pad": 16384, "queue": 64},
+        "capacity": {
+            "conns": 2000,
+            "procs": 2,
+            "events": 5,
+            "pad": PAD_100B,
+            "heartbeat": 2,
+            "hold": 3,
+        },
+        "channels": {"conns": 2000, "channels": 200, "events": 500, "pad": PAD_100B, "control": 10},
+        "redis-burst": {"conns": 200, "procs": 2, "events": 50, "pad": PAD_100B},
+        "redis-paced": {"conns": 200, "procs": 2, "rate": 50, "seconds": 2, "pad": PAD_100B},
+    },
+}
+SSE_HISTORY = 1000  # sse_twisted's default --history, counted in the slow-consumer bound
+DEFAULT_QUEUE = 256  # per-subscriber queue for every server that has one (Go's is fixed at 64)
+
+
+def log(msg: str) -> None:
+    """Progress on stderr, so that stdout carries only the tables."""
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def raise_nofile() -> None:
+    """preexec_fn: lift the soft open-file limit to the hard limit."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))

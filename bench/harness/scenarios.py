@@ -1,0 +1,225 @@
+"""The scenarios: each takes a running server (a Cluster for redis-*) and its sizes, and
+returns its metrics; keys starting with "_" are raw data kept only in the JSON.
+
+burst, paced and the redis-* pair are the one delivery measurement (delivery.py);
+idle, slow, capacity and channels are here.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+from .delivery import sc_burst, sc_paced
+from .load import connect, prewarm, run_pub, warm_up
+from .metrics import per, span_s, strip, total
+from .procfs import RssSampler, Usage, proc_fds, proc_mem_kib
+from .servers import Server
+
+
+def sc_idle(srv: Server, p: dict[str, Any]) -> dict[str, Any]:
+    prewarm(srv.port)
+    base = Usage(srv.pid)
+    subs, dt, _ = connect(srv.port, p["conns"], time_limit=180, connect_timeout=120)
+    try:
+        warm = warm_up(subs, srv.port)
+        time.sleep(1.0)
+        after = Usage(srv.pid)
+    finally:
+        res = subs.quit()
+    held = total(res, "open_readers")
+    grow = after.mem["VmRSS"] - base.mem["VmRSS"]
+    return {
+        "kib_per_sub": per(grow, held),
+        "rss_mib": after.mem["VmRSS"] / 1024,
+        "rss_growth_mib": grow / 1024,
+        "held": held,
+        "failed": total(res, "failed"),
+        "connect_s": dt,
+        "warm": warm,
+        "_raw": {"base": base.mem, "after": after.mem, "subs": strip(res)},
+    }
+
+
+def sc_slow(srv: Server, p: dict[str, Any]) -> dict[str, Any]:
+    """Two equal phases of large events; a bounded server stops growing after the first.
+
+    Frames shared by reference (Twisted's transport keeps the written bytes
+    objects) make even the unbounded floor grow per event rather than per
+    stalled client, so the second phase's growth is what tells bounded from
+    unbounded: it is ~0 once queues, history and buffers are full.
+    """
+    prewarm(srv.port)
+    base = Usage(srv.pid)
+    n = p["stalled"] + p["readers"]
+    per_phase = p["events"]
+    subs, _, _ = connect(
+        srv.port, n, stalled=p["stalled"], expect=2 * per_phase, time_limit=200, connect_timeout=30
+    )
+    sampler = RssSampler(srv.pid)
+    pubs, phase_rss, phase_ok = [], [], []
+    try:
+        warm = warm_up(subs, srv.port)
+        time.sleep(0.3)
+        subs.send("reset")
+        sampler.start()
+        t0 = time.monotonic()
+        for phase in (1, 2):
+            subs.clear("DONE")
+            subs.send(f"total {phase * per_phase * p['readers']}")
+            pubs.append(run_pub(srv.port, per_phase, pad=p["pad"], time_limit=90, seed=phase))
+            phase_ok.append(subs.wait_delivered(timeout=60, stall=5.0))
+            time.sleep(0.5)
+            phase_rss.append(proc_mem_kib(srv.pid)["VmRSS"])
+        dur = time.monotonic() - t0
+        end = Usage(srv.pid)
+    finally:
+        peak = sampler.stop()
+        res = subs.quit()
+    peak = max([peak, *phase_rss])
+    event_kib = (p["pad"] + 60) / 1024
+    bound_mib = p["queue"] * event_kib * p["stalled"] / 1024
+    readers_events = total(res, "events")
+    return {
+        "growth_mib": (peak - base.mem["VmRSS"]) / 1024,
+        "phase1_growth_mib": (phase_rss[0] - base.mem["VmRSS"]) / 1024,
+        "phase2_growth_mib": (phase_rss[1] - phase_rss[0]) / 1024,
+        "queue_bound_mib": bound_mib,
+        "event_kib": event_kib,
+        "per_phase_events": per_phase,
+        "readers_complete": total(res, "readers_complete"),
+        "readers": p["readers"],
+        "reader_events_pct": 100.0 * readers_events / (p["readers"] * 2 * per_phase),
+        "stalled_open": total(res, "open_stalled"),
+        "published_ok": sum(x.get("ok", 0) for x in pubs),
+        "duration_s": dur,
+        "complete": all(phase_ok),
+        "warm": warm,
+        "_raw": {
+            "pubs": pubs,
+            "subs": strip(res),
+            "base": base.mem,
+            "end": end.mem,
+            "peak_kib": peak,
+            "phase_rss_kib": phase_rss,
+        },
+    }
+
+
+def sc_capacity(srv: Server, p: dict[str, Any]) -> dict[str, Any]:
+    prewarm(srv.port)
+    base = Usage(srv.pid)
+    subs, dt, _ = connect(
+        srv.port,
+        p["conns"],
+        procs=p["procs"],
+        expect=p["events"],
+        time_limit=400,
+        connect_timeout=240,
+        src_base=2,
+    )
+    try:
+        warm = warm_up(subs, srv.port)
+        s0 = subs.stat()
+        time.sleep(p["hold"])  # at least one heartbeat interval
+        s1 = subs.stat()
+        held_mem = Usage(srv.pid)
+        fds = proc_fds(srv.pid)
+        subs.reset()
+        u0 = Usage(srv.pid)
+        pub = run_pub(srv.port, p["events"], pad=p["pad"], time_limit=120)
+        complete = subs.wait_delivered(timeout=120, stall=10.0)
+        u1 = Usage(srv.pid)
+    finally:
+        res = subs.quit()
+    held = total(res, "open_readers")
+    delivered = total(res, "events")
+    grow = held_mem.mem["VmRSS"] - base.mem["VmRSS"]
+    return {
+        "target": p["conns"],
+        "held": held,
+        "failed": total(res, "failed"),
+        "closed": total(res, "closed"),
+        "kib_per_sub": per(grow, held),
+        "rss_mib": held_mem.mem["VmRSS"] / 1024,
+        "server_fds": fds,
+        "heartbeats_in_hold": s1.get("comments", 0) - s0.get("comments", 0),
+        "burst_complete_subs": total(res, "readers_complete"),
+        "burst_delivered_pct": 100.0 * delivered / (held * p["events"]) if held else 0.0,
+        "cpu_us_per_event": per((u1.cpu - u0.cpu) * 1e6, delivered),
+        "connect_s": dt,
+        "complete": complete,
+        "warm": warm,
+        "_raw": {"pub": pub, "subs": strip(res), "base": base.mem, "held": held_mem.mem},
+    }
+
+
+def sc_channels(srv: Server, p: dict[str, Any]) -> dict[str, Any]:
+    # Control: `control` subscribers on one channel, nobody else connected.
+    ctl, _, _ = connect(srv.port, p["control"], channels=1, time_limit=120, connect_timeout=30)
+    try:
+        warm_up(ctl, srv.port, channels=1)
+        ctl.reset(total=p["events"] * p["control"])
+        c0 = Usage(srv.pid)
+        pub_c = run_pub(srv.port, p["events"], pad=p["pad"], channels=1, time_limit=60)
+        ctl.wait_delivered(timeout=60, stall=5.0)
+        c1 = Usage(srv.pid)
+    finally:
+        res_c = ctl.quit()
+    time.sleep(0.3)
+    # Many: `conns` subscribers over `channels` channels; each event to one channel.
+    subs, dt, _ = connect(
+        srv.port, p["conns"], channels=p["channels"], time_limit=240, connect_timeout=120
+    )
+    try:
+        warm = warm_up(subs, srv.port, channels=p["channels"])
+        time.sleep(0.3)
+        per_channel = p["conns"] // p["channels"]
+        subs.reset(total=p["events"] * per_channel)
+        u0 = Usage(srv.pid)
+        pub = run_pub(
+            srv.port, p["events"], pad=p["pad"], channels=p["channels"], time_limit=60, seed=7
+        )
+        complete = subs.wait_delivered(timeout=60, stall=5.0)
+        u1 = Usage(srv.pid)
+    finally:
+        res = subs.quit()
+    delivered = total(res, "events")
+    delivered_c = total(res_c, "events")
+    per_pub_ns = per((u1.cpu_ns - u0.cpu_ns) / 1e3, pub.get("ok") or 0)
+    per_pub_c_ns = per((c1.cpu_ns - c0.cpu_ns) / 1e3, pub_c.get("ok") or 0)
+    span = span_s(res, pub)
+    return {
+        "cpu_us_per_publish": per((u1.cpu - u0.cpu) * 1e6, pub.get("ok") or 0),
+        "cpu_us_per_publish_control": per((c1.cpu - c0.cpu) * 1e6, pub_c.get("ok") or 0),
+        "scaling": (per_pub_ns / per_pub_c_ns) if per_pub_ns and per_pub_c_ns else None,
+        "cpu_us_per_event": per((u1.cpu - u0.cpu) * 1e6, delivered),
+        "events_per_s": per(delivered, span or 0),
+        "delivered_pct": 100.0 * delivered / (p["events"] * per_channel),
+        "control_delivered_pct": 100.0 * delivered_c / (p["events"] * p["control"]),
+        "held": total(res, "open_readers"),
+        "connect_s": dt,
+        "complete": complete,
+        "warm": warm,
+        "_raw": {
+            "pub": pub,
+            "pub_control": pub_c,
+            "subs": strip(res),
+            "control": strip(res_c),
+            "cpu_ns": [c0.cpu_ns, c1.cpu_ns, u0.cpu_ns, u1.cpu_ns],
+        },
+    }
+
+
+#: Scenario name -> measurement; the redis-* pair gets a Cluster, the others a Server.
+SCENARIOS: dict[str, Callable[[Any, dict[str, Any]], dict[str, Any]]] = {
+    "idle": sc_idle,
+    "burst": sc_burst,
+    "paced": sc_paced,
+    "slow": sc_slow,
+    "capacity": sc_capacity,
+    "channels": sc_channels,
+    "redis-burst": sc_burst,
+    "redis-paced": sc_paced,
+}
