@@ -47,51 +47,51 @@ REDIS_REF = "single"
 ALL_SCENARIOS = ["idle", "burst", "paced", "slow", "capacity", "channels", *REDIS_SCENARIOS]
 PAD_100B = 64  # pad length that makes an event's JSON data about 100 bytes
 
-# Scenario sizes: full run, and the --quick smoke run.
+# Scenario sizes; a pair is (full run, --quick smoke run), a single value is both.
+_SIZES: dict[str, dict[str, Any]] = {
+    "idle": {"conns": (5000, 1000)},
+    "burst": {"conns": (1000, 200), "events": (200, 50), "pad": PAD_100B},
+    "paced": {"conns": (1000, 200), "rate": 50, "seconds": (6, 2), "pad": PAD_100B},
+    "slow": {"stalled": 40, "readers": 10, "events": (1000, 200), "pad": 16384, "queue": 64},
+    "capacity": {
+        "conns": (19900, 2000),
+        "procs": (4, 2),
+        "events": (20, 5),
+        "pad": PAD_100B,
+        "heartbeat": (5, 2),
+        "hold": (6, 3),
+    },
+    "channels": {
+        "conns": (10000, 2000),
+        "channels": (1000, 200),
+        "events": (2000, 500),
+        "pad": PAD_100B,
+        "control": 10,
+    },
+    "redis-burst": {"conns": (1000, 200), "procs": 2, "events": (200, 50), "pad": PAD_100B},
+    "redis-paced": {
+        "conns": (1000, 200),
+        "procs": 2,
+        "rate": 50,
+        "seconds": (6, 2),
+        "pad": PAD_100B,
+    },
+}
+#: PARAMS["full" | "quick"][scenario] -> that scenario's sizes.
 PARAMS: dict[str, dict[str, dict[str, Any]]] = {
-    "full": {
-        "idle": {"conns": 5000},
-        "burst": {"conns": 1000, "events": 200, "pad": PAD_100B},
-        "paced": {"conns": 1000, "rate": 50, "seconds": 6, "pad": PAD_100B},
-        "slow": {"stalled": 40, "readers": 10, "events": 1000, "pad": 16384, "queue": 64},
-        "capacity": {
-            "conns": 19900,
-            "procs": 4,
-            "events": 20,
-            "pad": PAD_100B,
-            "heartbeat": 5,
-            "hold": 6,
-        },
-        "channels": {
-            "conns": 10000,
-            "channels": 1000,
-            "events": 2000,
-            "pad": PAD_100B,
-            "control": 10,
-        },
-        "redis-burst": {"conns": 1000, "procs": 2, "events": 200, "pad": PAD_100B},
-        "redis-paced": {"conns": 1000, "procs": 2, "rate": 50, "seconds": 6, "pad": PAD_100B},
-    },
-    "quick": {
-        "idle": {"conns": 1000},
-        "burst": {"conns": 200, "events": 50, "pad": PAD_100B},
-        "paced": {"conns": 200, "rate": 50, "seconds": 2, "pad": PAD_100B},
-        "slow": {"stalled": 40, "readers": 10, "events": 200, "pad": 16384, "queue": 64},
-        "capacity": {
-            "conns": 2000,
-            "procs": 2,
-            "events": 5,
-            "pad": PAD_100B,
-            "heartbeat": 2,
-            "hold": 3,
-        },
-        "channels": {"conns": 2000, "channels": 200, "events": 500, "pad": PAD_100B, "control": 10},
-        "redis-burst": {"conns": 200, "procs": 2, "events": 50, "pad": PAD_100B},
-        "redis-paced": {"conns": 200, "procs": 2, "rate": 50, "seconds": 2, "pad": PAD_100B},
-    },
+    size: {
+        sc: {k: v[i] if isinstance(v, tuple) else v for k, v in sizes.items()}
+        for sc, sizes in _SIZES.items()
+    }
+    for i, size in enumerate(("full", "quick"))
 }
 SSE_HISTORY = 1000  # sse_twisted's default --history, counted in the slow-consumer bound
 DEFAULT_QUEUE = 256  # per-subscriber queue for every server that has one (Go's is fixed at 64)
+
+
+def pinned(cpu: str, cmd: list[str]) -> list[str]:
+    """`cmd` run on one core: taskset execs it, so the process keeps the PID Popen gives."""
+    return ["taskset", "-c", cpu, *cmd]
 
 
 def log(msg: str) -> None:

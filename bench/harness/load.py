@@ -13,8 +13,13 @@ import threading
 import time
 from typing import Any
 
-from .config import LOAD_CPU, LOADGEN, PAD_100B, raise_nofile
+from .config import LOAD_CPU, LOADGEN, PAD_100B, pinned, raise_nofile
 from .procfs import proc_cpu_s
+
+
+def _options(**values: object) -> list[str]:
+    """loadgen's `--name value` pairs, in the order given (time_limit: --time-limit)."""
+    return [x for k, v in values.items() for x in ("--" + k.replace("_", "-"), str(v))]
 
 
 class LoadSub:
@@ -32,28 +37,20 @@ class LoadSub:
         src: str | None = None,
         max_pending: int = 48,
     ) -> None:
-        args = [
-            str(LOADGEN),
-            "sub",
-            "--port",
-            str(port),
-            "--conns",
-            str(conns),
-            "--stalled",
-            str(stalled),
-            "--channels",
-            str(channels),
-            "--expect",
-            str(expect),
-            "--max-pending",
-            str(max_pending),
-            "--time-limit",
-            str(time_limit),
-        ]
+        args = [str(LOADGEN), "sub"]
+        args += _options(
+            port=port,
+            conns=conns,
+            stalled=stalled,
+            channels=channels,
+            expect=expect,
+            max_pending=max_pending,
+            time_limit=time_limit,
+        )
         if src:
-            args += ["--src", src]
+            args += _options(src=src)
         self.proc = subprocess.Popen(
-            ["taskset", "-c", LOAD_CPU, *args],
+            pinned(LOAD_CPU, args),
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,
@@ -208,32 +205,18 @@ def run_pub(
     seed: int = 1,
 ) -> dict[str, Any]:
     """Publish `count` events (one POST each) and return the publisher's RESULT."""
-    args = [
-        str(LOADGEN),
-        "pub",
-        "--port",
-        str(port),
-        "--count",
-        str(count),
-        "--rate",
-        str(rate),
-        "--size",
-        str(pad),
-        "--conns",
-        str(conns),
-        "--time-limit",
-        str(time_limit),
-        "--seed",
-        str(seed),
-    ]
+    args = [str(LOADGEN), "pub"]
+    args += _options(
+        port=port, count=count, rate=rate, size=pad, conns=conns, time_limit=time_limit, seed=seed
+    )
     if channels:
-        args += ["--channels", str(channels)]
+        args += _options(channels=channels)
     if rr:
         args.append("--rr")
     if warm:
         args.append("--warm")
     r = subprocess.run(
-        ["taskset", "-c", LOAD_CPU, *args],
+        pinned(LOAD_CPU, args),
         capture_output=True,
         text=True,
         timeout=time_limit + 15,

@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .config import DEFAULT_QUEUE, LOAD_CPU, VENV
+from .config import DEFAULT_QUEUE, LOAD_CPU, VENV, pinned
 from .load import connect, run_pub, warm_up
 from .metrics import total
 from .servers import Server
@@ -36,23 +36,10 @@ def profile(name: str, p: dict[str, Any], outdir: Path, channels: int = 0) -> st
         try:
             warm_up(subs, srv.port, channels=channels)
             subs.reset(total=p["events"] * (p["conns"] // channels) if channels else None)
+            record = [str(pyspy), "record", "--pid", str(srv.pid), "--rate", "250"]
+            record += ["--format", "raw", "--output", str(raw), "--nonblocking"]
             spy = subprocess.Popen(
-                [
-                    "taskset",
-                    "-c",
-                    LOAD_CPU,
-                    str(pyspy),
-                    "record",
-                    "--pid",
-                    str(srv.pid),
-                    "--rate",
-                    "250",
-                    "--format",
-                    "raw",
-                    "--output",
-                    str(raw),
-                    "--nonblocking",
-                ],
+                pinned(LOAD_CPU, record),
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,
             )

@@ -11,27 +11,33 @@ from typing import Any
 
 from .config import REDIS_REF, REDIS_SCENARIOS, REDIS_SETUPS
 
-# Columns shown in the tables: (key, label, format).
-COLUMNS: dict[str, list[tuple[str, str, str]]] = {
+Column = tuple[str, str, str]  # metric key, label, format
+
+# Columns that several tables show alike.
+_CPU_PER_EVENT: Column = ("cpu_us_per_event", "CPU µs/event", ".2f")
+_EVENTS_PER_S: Column = ("events_per_s", "events/s", ",.0f")
+_DELIVERED: Column = ("delivered_pct", "delivered %", ".1f")
+_LATENCY: list[Column] = [
+    ("p50_ms", "p50 ms", ".2f"),
+    ("p99_ms", "p99 ms", ".2f"),
+    ("max_ms", "max ms", ".1f"),
+]
+_NODES_AND_REDIS_CPU: list[Column] = [
+    ("cpu_us_per_event", "nodes CPU µs/event", ".2f"),
+    ("redis_cpu_us_per_event", "Redis CPU µs/event", ".3f"),
+    ("redis_cpu_us_per_publish", "Redis CPU µs/publish", ".1f"),
+]
+
+#: The columns of each scenario's table, in order.
+COLUMNS: dict[str, list[Column]] = {
     "idle": [
         ("kib_per_sub", "KiB/subscriber", ".2f"),
         ("rss_mib", "RSS MiB", ".1f"),
         ("held", "held", ".0f"),
         ("connect_s", "connect s", ".2f"),
     ],
-    "burst": [
-        ("cpu_us_per_event", "CPU µs/event", ".2f"),
-        ("events_per_s", "events/s", ",.0f"),
-        ("delivered_pct", "delivered %", ".1f"),
-        ("p99_ms", "p99 ms", ".1f"),
-    ],
-    "paced": [
-        ("p50_ms", "p50 ms", ".2f"),
-        ("p99_ms", "p99 ms", ".2f"),
-        ("max_ms", "max ms", ".1f"),
-        ("delivered_pct", "delivered %", ".1f"),
-        ("cpu_us_per_event", "CPU µs/event", ".2f"),
-    ],
+    "burst": [_CPU_PER_EVENT, _EVENTS_PER_S, _DELIVERED, ("p99_ms", "p99 ms", ".1f")],
+    "paced": [*_LATENCY, _DELIVERED, _CPU_PER_EVENT],
     "slow": [
         ("growth_mib", "peak growth MiB", ".1f"),
         ("phase1_growth_mib", "phase 1 MiB", ".1f"),
@@ -52,28 +58,18 @@ COLUMNS: dict[str, list[tuple[str, str, str]]] = {
         ("cpu_us_per_publish", "CPU µs/publish @N", ".1f"),
         ("cpu_us_per_publish_control", "CPU µs/publish @control", ".1f"),
         ("scaling", "scaling N/control", ".2f"),
-        ("cpu_us_per_event", "CPU µs/event", ".2f"),
-        ("delivered_pct", "delivered %", ".1f"),
+        _CPU_PER_EVENT,
+        _DELIVERED,
     ],
     "redis-burst": [
-        ("events_per_s", "events/s", ",.0f"),
-        ("delivered_pct", "delivered %", ".1f"),
+        _EVENTS_PER_S,
+        _DELIVERED,
         ("p50_ms", "p50 ms", ".1f"),
         ("p99_ms", "p99 ms", ".1f"),
-        ("cpu_us_per_event", "nodes CPU µs/event", ".2f"),
-        ("redis_cpu_us_per_event", "Redis CPU µs/event", ".3f"),
-        ("redis_cpu_us_per_publish", "Redis CPU µs/publish", ".1f"),
+        *_NODES_AND_REDIS_CPU,
         ("publishes_per_s", "publishes/s", ",.0f"),
     ],
-    "redis-paced": [
-        ("p50_ms", "p50 ms", ".2f"),
-        ("p99_ms", "p99 ms", ".2f"),
-        ("max_ms", "max ms", ".1f"),
-        ("delivered_pct", "delivered %", ".1f"),
-        ("cpu_us_per_event", "nodes CPU µs/event", ".2f"),
-        ("redis_cpu_us_per_event", "Redis CPU µs/event", ".3f"),
-        ("redis_cpu_us_per_publish", "Redis CPU µs/publish", ".1f"),
-    ],
+    "redis-paced": [*_LATENCY, _DELIVERED, *_NODES_AND_REDIS_CPU],
 }
 
 DESCRIPTIONS = {

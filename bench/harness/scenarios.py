@@ -12,10 +12,33 @@ from collections.abc import Callable
 from typing import Any
 
 from .delivery import sc_burst, sc_paced
-from .load import connect, prewarm, run_pub, warm_up
+from .load import Subs, connect, prewarm, run_pub, warm_up
 from .metrics import per, span_s, strip, total
 from .procfs import RssSampler, Usage, proc_fds, proc_mem_kib
 from .servers import Server
+
+
+def _publish_measured(
+    srv: Server,
+    subs: Subs,
+    p: dict[str, Any],
+    *,
+    timeout: float,
+    stall: float = 5.0,
+    total: int | None = None,
+    channels: int = 0,
+    seed: int = 1,
+) -> tuple[Usage, dict[str, Any], bool, Usage]:
+    """Reset the counters, publish `p["events"]` events and wait for their delivery, both
+    bounded by `timeout`; return the server's usage before, the publisher's result,
+    whether every stream got its events, and the usage after."""
+    subs.reset(total)
+    u0 = Usage(srv.pid)
+    pub = run_pub(
+        srv.port, p["events"], pad=p["pad"], channels=channels, time_limit=timeout, seed=seed
+    )
+    complete = subs.wait_delivered(timeout=timeout, stall=stall)
+    return u0, pub, complete, Usage(srv.pid)
 
 
 def sc_idle(srv: Server, p: dict[str, Any]) -> dict[str, Any]:
@@ -126,11 +149,7 @@ def sc_capacity(srv: Server, p: dict[str, Any]) -> dict[str, Any]:
         s1 = subs.stat()
         held_mem = Usage(srv.pid)
         fds = proc_fds(srv.pid)
-        subs.reset()
-        u0 = Usage(srv.pid)
-        pub = run_pub(srv.port, p["events"], pad=p["pad"], time_limit=120)
-        complete = subs.wait_delivered(timeout=120, stall=10.0)
-        u1 = Usage(srv.pid)
+        u0, pub, complete, u1 = _publish_measured(srv, subs, p, timeout=120, stall=10.0)
     finally:
         res = subs.quit()
     held = total(res, "open_readers")
@@ -160,11 +179,9 @@ def sc_channels(srv: Server, p: dict[str, Any]) -> dict[str, Any]:
     ctl, _, _ = connect(srv.port, p["control"], channels=1, time_limit=120, connect_timeout=30)
     try:
         warm_up(ctl, srv.port, channels=1)
-        ctl.reset(total=p["events"] * p["control"])
-        c0 = Usage(srv.pid)
-        pub_c = run_pub(srv.port, p["events"], pad=p["pad"], channels=1, time_limit=60)
-        ctl.wait_delivered(timeout=60, stall=5.0)
-        c1 = Usage(srv.pid)
+        c0, pub_c, _, c1 = _publish_measured(
+            srv, ctl, p, timeout=60, total=p["events"] * p["control"], channels=1
+        )
     finally:
         res_c = ctl.quit()
     time.sleep(0.3)
@@ -176,13 +193,15 @@ def sc_channels(srv: Server, p: dict[str, Any]) -> dict[str, Any]:
         warm = warm_up(subs, srv.port, channels=p["channels"])
         time.sleep(0.3)
         per_channel = p["conns"] // p["channels"]
-        subs.reset(total=p["events"] * per_channel)
-        u0 = Usage(srv.pid)
-        pub = run_pub(
-            srv.port, p["events"], pad=p["pad"], channels=p["channels"], time_limit=60, seed=7
+        u0, pub, complete, u1 = _publish_measured(
+            srv,
+            subs,
+            p,
+            timeout=60,
+            total=p["events"] * per_channel,
+            channels=p["channels"],
+            seed=7,
         )
-        complete = subs.wait_delivered(timeout=60, stall=5.0)
-        u1 = Usage(srv.pid)
     finally:
         res = subs.quit()
     delivered = total(res, "events")

@@ -28,6 +28,7 @@ from .config import (
     SERVER_CPU,
     TWISTD,
     VPY,
+    pinned,
     raise_nofile,
 )
 from .procfs import Usage
@@ -117,7 +118,7 @@ class _Process:
         rundir = BUILD / "run"
         rundir.mkdir(parents=True, exist_ok=True)
         self.proc = subprocess.Popen(
-            ["taskset", "-c", SERVER_CPU, *cmd],
+            pinned(SERVER_CPU, cmd),
             stdout=self.logf,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,

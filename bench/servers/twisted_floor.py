@@ -24,13 +24,17 @@ class Broker:
         self.by_channel: dict[bytes, set] = {}
 
 
-class Events(resource.Resource):
+class BrokerResource(resource.Resource):
+    """A leaf resource on the shared broker."""
+
     isLeaf = True
 
     def __init__(self, broker: Broker) -> None:
         super().__init__()
         self.broker = broker
 
+
+class Events(BrokerResource):
     def render_GET(self, request):
         channel = request.args.get(b"channel", [None])[0]
         request.setHeader(b"content-type", b"text/event-stream")
@@ -46,13 +50,7 @@ class Events(resource.Resource):
         return server.NOT_DONE_YET
 
 
-class Publish(resource.Resource):
-    isLeaf = True
-
-    def __init__(self, broker: Broker) -> None:
-        super().__init__()
-        self.broker = broker
-
+class Publish(BrokerResource):
     def render_POST(self, request):
         msg = json.loads(request.content.read())
         frame = f"event: {msg['event']}\ndata: {json.dumps(msg['data'])}\n\n".encode()
