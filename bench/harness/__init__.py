@@ -10,7 +10,8 @@
 - `scenarios`: idle, slow, capacity and channels, and the scenario table;
 - `report`: the markdown tables and lists; `targets`: the checks against the targets;
 - `profiling`: py-spy during a long burst;
-- `cli`: the command line and the interleaved run loop.
+- `runner`: the interleaved run loop, the JSON and the report of a run;
+- `cli`: the options and main.
 
 Only the standard library is used, so any Python 3.10+ runs it.
 """
