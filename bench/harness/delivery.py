@@ -11,6 +11,7 @@ and report what Redis adds; burst and paced keep the keys they always had.
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from typing import Any
 
 from .load import connect, run_pub, warm_up
@@ -46,17 +47,32 @@ def _spent(a: Sample, b: Sample) -> tuple[float, int, int | None]:
     return cpu, cpu_ns, rb.cpu_ns - ra.cpu_ns if ra and rb else None
 
 
-def delivery(
+@dataclass
+class Measured:
+    """What one delivery run observed; `figures` makes the scenario's metrics of it."""
+
+    count: int  # events published
+    nodes: int
+    results: list[dict[str, Any]]  # the load processes' RESULTs, process i on node i % nodes
+    pub: dict[str, Any]  # the publisher's RESULT
+    connect_s: float
+    warm: bool
+    complete: bool
+    before: Sample
+    after: Sample
+    load_cpu_s: float
+    publisher_cpu_s: float
+    idle: tuple[Sample, Sample] | None  # one idle second with every stream open (redis-*)
+
+
+def measure(
     target: Server | Cluster, p: dict[str, Any], *, rate: float, count: int, timeout: float
-) -> dict[str, Any]:
-    """Publish `count` events at `rate` (0: back to back) and measure their delivery.
+) -> Measured:
+    """Publish `count` events at `rate` (0: back to back) and wait for their delivery.
 
     `p["procs"]` load processes (default 1) share `p["conns"]` streams, process i
-    on node i % nodes; every event goes to the first node. Node CPU is summed over
-    the nodes (clock ticks, as everywhere); Redis's CPU is taken from schedstat
-    (ns), since a run costs it only a few ticks.
+    on node i % nodes; every event goes to the first node.
     """
-    scale_out = isinstance(target, Cluster)
     ports = target.ports
     subs, dt, _ = connect(
         ports[0],
@@ -70,7 +86,7 @@ def delivery(
     idle: tuple[Sample, Sample] | None = None
     try:
         warm = warm_up(subs, ports[0])
-        if scale_out:
+        if isinstance(target, Cluster):
             # 1 s idle with every stream open: what the nodes and Redis cost with nothing published
             i0 = target.usage()
             time.sleep(1.0)
@@ -84,26 +100,36 @@ def delivery(
         u1, l1, c1 = target.usage(), subs.cpu_s(), children_cpu_s()
     finally:
         res = subs.quit()
+    return Measured(count, len(ports), res, pub, dt, warm, complete, u0, u1, l1 - l0, c1 - c0, idle)
+
+
+def figures(m: Measured, scale_out: bool) -> dict[str, Any]:
+    """The metrics of a delivery run; the SCALE_OUT_KEYS only with `scale_out`.
+
+    Node CPU is summed over the nodes (clock ticks, as everywhere); Redis's CPU
+    is taken from schedstat (ns), since a run costs it only a few ticks.
+    """
+    res, pub = m.results, m.pub
     delivered = total(res, "events")
     readers = total(res, "open_readers")
-    expected = count * readers
+    expected = m.count * readers
     ok = pub.get("ok") or 0
     span = span_s(res, pub)
     pub_s = (pub["last_resp_ns"] - pub["first_ns"]) / 1e9 if pub.get("last_resp_ns") else None
-    wall = u1[0][0].t - u0[0][0].t
-    cpu, cpu_ns, redis_ns = _spent(u0, u1)
+    wall = m.after[0][0].t - m.before[0][0].t
+    cpu, cpu_ns, redis_ns = _spent(m.before, m.after)
     redis_us = None if redis_ns is None else redis_ns / 1e3
     idle_pct: list[float | None] = [None, None]  # nodes', Redis's
-    if idle:
-        _, idle_ns, redis_idle_ns = _spent(*idle)
-        idle_wall = idle[1][0][0].t - idle[0][0][0].t
+    if m.idle:
+        _, idle_ns, redis_idle_ns = _spent(*m.idle)
+        idle_wall = m.idle[1][0][0].t - m.idle[0][0][0].t
         idle_pct[0] = 100 * idle_ns / 1e9 / idle_wall
         if redis_idle_ns is not None:
             idle_pct[1] = 100 * redis_idle_ns / 1e9 / idle_wall
-    per_node = [0] * len(ports)
+    per_node = [0] * m.nodes
     for i, r in enumerate(res):
-        per_node[i % len(ports)] += int(r.get("events", 0))
-    r0, r1 = u0[1], u1[1]
+        per_node[i % m.nodes] += int(r.get("events", 0))
+    r0, r1 = m.before[1], m.after[1]
     out = {
         "cpu_us_per_event": per(cpu * 1e6, delivered),
         "cpu_ns_precise_per_event": per(cpu_ns, delivered),
@@ -118,35 +144,43 @@ def delivery(
         "delivered_per_node": per_node,
         "expected": expected,
         "published_ok": pub.get("ok"),
-        "complete": complete,
+        "complete": m.complete,
         "readers": readers,
-        "nodes": len(ports),
-        "connect_s": dt,
-        "warm": warm,
+        "nodes": m.nodes,
+        "connect_s": m.connect_s,
+        "warm": m.warm,
         "cpu_s": cpu,
         "server_cpu_pct": 100 * cpu / wall,
         "redis_cpu_pct": 100 * redis_ns / 1e9 / wall if redis_ns is not None else None,
         "idle_server_cpu_pct": idle_pct[0],
         "idle_redis_cpu_pct": idle_pct[1],
-        "loadgen_cpu_pct": 100 * (l1 - l0) / wall,
-        "publisher_cpu_pct": 100 * (c1 - c0) / wall,
-        "rss_mib": sum(u.mem["VmRSS"] for u in u1[0]) / 1024,
+        "loadgen_cpu_pct": 100 * m.load_cpu_s / wall,
+        "publisher_cpu_pct": 100 * m.publisher_cpu_s / wall,
+        "rss_mib": sum(u.mem["VmRSS"] for u in m.after[0]) / 1024,
         "redis_rss_mib": r1.mem["VmRSS"] / 1024 if r1 else None,
         **lat_ms(res),
     }
-    if scale_out:
-        out["_raw"] = {
-            "pub": pub,
-            "subs": strip(res),
-            "u0": [u.__dict__ for u in u0[0]],
-            "u1": [u.__dict__ for u in u1[0]],
-            "redis_u0": r0.__dict__ if r0 else None,
-            "redis_u1": r1.__dict__ if r1 else None,
-        }
-        return out
-    out = {k: v for k, v in out.items() if k not in SCALE_OUT_KEYS}
-    out["_raw"] = {"pub": pub, "subs": strip(res), "u0": u0[0][0].__dict__, "u1": u1[0][0].__dict__}
+    if not scale_out:
+        out = {k: v for k, v in out.items() if k not in SCALE_OUT_KEYS}
+        u0, u1 = m.before[0][0].__dict__, m.after[0][0].__dict__
+        return {**out, "_raw": {"pub": pub, "subs": strip(res), "u0": u0, "u1": u1}}
+    out["_raw"] = {
+        "pub": pub,
+        "subs": strip(res),
+        "u0": [u.__dict__ for u in m.before[0]],
+        "u1": [u.__dict__ for u in m.after[0]],
+        "redis_u0": r0.__dict__ if r0 else None,
+        "redis_u1": r1.__dict__ if r1 else None,
+    }
     return out
+
+
+def delivery(
+    target: Server | Cluster, p: dict[str, Any], *, rate: float, count: int, timeout: float
+) -> dict[str, Any]:
+    """The one delivery measurement, on a server or a scale-out setup alike."""
+    m = measure(target, p, rate=rate, count=count, timeout=timeout)
+    return figures(m, scale_out=isinstance(target, Cluster))
 
 
 def sc_burst(target: Server | Cluster, p: dict[str, Any]) -> dict[str, Any]:
