@@ -16,6 +16,7 @@ from twisted.internet import reactor
 from twisted.web.server import Request, Site
 
 from sse_twisted import SSEBroker
+from sse_twisted.resource import StreamResource
 
 broker = SSEBroker()
 app = Klein()
@@ -29,7 +30,7 @@ def home(request: Request) -> str:
 @app.route("/api/stream")
 def stream(request: Request) -> Any:
     # Return the resource: Klein renders it, and the stream stays open.
-    return broker.resource()
+    return StreamResource(broker)
 
 
 @app.route("/api/orders", methods=["POST"])

@@ -16,6 +16,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import Site
 
 from sse_twisted import SSEBroker
+from sse_twisted.resource import StreamResource
 
 
 class PublishLines(LineReceiver):
@@ -39,7 +40,7 @@ def line_factory(broker: SSEBroker) -> Factory:
 def main(http_port: int, line_port: int) -> None:
     broker = SSEBroker()
     root = Resource()
-    root.putChild(b"events", broker.resource())
+    root.putChild(b"events", StreamResource(broker))
     web = reactor.listenTCP(http_port, Site(root), interface="127.0.0.1")  # type: ignore[attr-defined]
     lines = reactor.listenTCP(line_port, line_factory(broker), interface="127.0.0.1")  # type: ignore[attr-defined]
     print(f"listening on {web.getHost().port} lines on {lines.getHost().port}", flush=True)

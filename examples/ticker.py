@@ -15,6 +15,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import Site
 
 from sse_twisted import SSEBroker
+from sse_twisted.resource import StreamResource
 
 
 def start_ticker(broker: SSEBroker, interval: float = 1.0, clock: object = None) -> LoopingCall:
@@ -29,7 +30,7 @@ def start_ticker(broker: SSEBroker, interval: float = 1.0, clock: object = None)
 def main(port: int) -> None:
     broker = SSEBroker()
     root = Resource()
-    root.putChild(b"events", broker.resource())
+    root.putChild(b"events", StreamResource(broker))
     start_ticker(broker)
     listening = reactor.listenTCP(port, Site(root), interface="127.0.0.1")  # type: ignore[attr-defined]
     print(f"listening on {listening.getHost().port}", flush=True)

@@ -16,6 +16,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
 
 from sse_twisted import SSEBroker
+from sse_twisted.resource import StreamResource
 
 
 def job(broker: SSEBroker, name: str, steps: int = 5, pause: float = 0.05) -> str:
@@ -48,7 +49,7 @@ class Start(Resource):
 def main(port: int) -> None:
     broker = SSEBroker()
     root = Resource()
-    root.putChild(b"events", broker.resource())
+    root.putChild(b"events", StreamResource(broker))
     root.putChild(b"start", Start(broker))
     listening = reactor.listenTCP(port, Site(root), interface="127.0.0.1")  # type: ignore[attr-defined]
     print(f"listening on {listening.getHost().port}", flush=True)

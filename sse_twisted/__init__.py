@@ -10,21 +10,26 @@ C{twistd sse} to run it standalone; an EventSource client for Twisted.
 from typing import Any
 
 from ._version import __version__
+from .access import AllChannels
 from .auth import JWTAuth
-from .broker import IRelay, SSEBroker
+from .broker import Published, SSEBroker
 from .client import EventSource
 from .cors import CORSPolicy
-from .event import Event
+from .event import Event, InvalidItem, Item
 from .history import IHistory, MemoryHistory
 from .limits import RateLimiter, SubscriberLimits
 from .logstream import LogStreamObserver
 from .parser import EventStreamParser, MessageEvent
 from .paths import normalise_path
-from .resource import HealthResource, PublishResource, StreamResource
+from .publish import PublishResource
+from .relay import IRelay
+from .resource import HealthResource, StreamResource
 from .service import SSEService
+from .stats import Stats
 from .subscriber import Subscriber
 
 __all__ = [
+    "AllChannels",
     "CORSPolicy",
     "Event",
     "EventSource",
@@ -32,14 +37,18 @@ __all__ = [
     "HealthResource",
     "IHistory",
     "IRelay",
+    "InvalidItem",
+    "Item",
     "JWTAuth",
     "LogStreamObserver",
     "MemoryHistory",
     "MessageEvent",
     "PublishResource",
+    "Published",
     "RateLimiter",
     "SSEBroker",
     "SSEService",
+    "Stats",
     "StreamResource",
     "Subscriber",
     "SubscriberLimits",

@@ -17,17 +17,12 @@ from werkzeug.exceptions import NotFound
 from .auth import JWTAuth
 from .broker import SSEBroker
 from .cors import CORSPolicy
+from .errors import json_response
 from .limits import RateLimiter, SubscriberLimits
 from .metrics import MetricsResource, metrics_registry
 from .paths import normalise_path
-from .resource import (
-    DEFAULT_MAX_BODY,
-    HealthResource,
-    PageResource,
-    PublishResource,
-    StreamResource,
-    json_response,
-)
+from .publish import DEFAULT_MAX_BODY, PublishResource
+from .resource import HealthResource, PageResource, StreamResource
 
 __all__ = ["DEMO_PAGE", "make_app", "make_resource", "routes"]
 
@@ -55,8 +50,8 @@ def routes(
     and, when on, metrics and the demo page at C{/}.
 
     C{cors}, C{limits}, C{auth} and C{publish_rate} configure the production
-    features (all off by default); with C{auth}, the broker learns which
-    channels are private.
+    features (all off by default). Building routes never changes the
+    broker: what a subscriber may read travels with its subscription.
 
     C{cors}'s C{"*"} applies to the stream only unless publishing needs a
     token (C{publish_token} or C{auth}): otherwise any page in a browser on
@@ -87,8 +82,6 @@ def routes(
         table["/"] = PageResource(DEMO_PAGE.read_bytes(), b"text/html; charset=utf-8")
     if len(table) != 3 + bool(metrics_path) + bool(demo):
         raise ValueError("the stream, publish, health and metrics paths must differ")
-    if auth is not None and auth.private_patterns:
-        broker.private = auth.is_private
     return table
 
 

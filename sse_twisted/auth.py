@@ -13,7 +13,11 @@ count per C{sub}).
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+import ipaddress
 import math
+import re
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -22,9 +26,13 @@ from functools import lru_cache
 from typing import Any
 
 import jwt
+from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
 from twisted.web.server import Request
 
-__all__ = ["Grant", "InvalidToken", "JWTAuth"]
+from .errors import BEARER, HTTPError
+from .limits import peer_key
+
+__all__ = ["Grant", "InvalidToken", "JWTAuth", "PublishAuth"]
 
 
 class InvalidToken(Exception):
@@ -168,3 +176,101 @@ class JWTAuth:
 
 #: The latest C{exp} taken (the year 9999): past it, a timer cannot be set.
 _LATEST_EXP = 253402300799.0
+
+
+class PublishAuth:
+    """
+    Who may publish: the static C{token} allows everything; a JWT (through
+    C{jwt}) allows its C{publish} channels (checked per item by the caller);
+    with neither configured nor presented, only loopback peers naming a
+    loopback C{Host} may publish (a DNS-rebinding page names its own host).
+    """
+
+    def __init__(self, token: str | None = None, jwt: JWTAuth | None = None) -> None:
+        self._token = token.encode("utf-8") if token else None
+        self.jwt = jwt
+
+    def check(self, request: Request) -> tuple[Grant | None, str]:
+        """
+        @return: the JWT's grant when one was used, else L{None}; and the
+            verified identity that a rate limit counts against: never
+            anything the client can vary at will without a valid secret.
+        @raise HTTPError: 401 or 403.
+        """
+        header = request.getHeader(b"authorization") or b""
+        scheme, _, given = header.partition(b" ")
+        given = given.strip() if scheme.lower() == b"bearer" else b""
+        if self._token is not None and given and hmac.compare_digest(given, self._token):
+            return None, "token"
+        if self.jwt is not None:
+            token = self.jwt.token_from(request, query=False)
+            if token is not None:
+                try:
+                    grant = self.jwt.verify(token)
+                except InvalidToken as e:
+                    raise HTTPError(401, f"invalid token: {e}", BEARER) from None
+                if grant.subject is not None:
+                    return grant, "sub:" + grant.subject
+                digest = hashlib.sha256(token.encode("utf-8", "surrogatepass")).hexdigest()
+                return grant, "jwt:" + digest
+        if self._token is not None or given:
+            raise HTTPError(401, "missing or wrong bearer token", BEARER)
+        peer = request.getClientAddress()
+        if not is_loopback(peer):
+            raise HTTPError(403, "publishing without a token is allowed from loopback only")
+        # No browser connects to a UNIX socket, so no rebinding page can be its peer.
+        if not isinstance(peer, UNIXAddress) and not is_loopback_host(request.getHeader(b"host")):
+            raise HTTPError(
+                403,
+                "publishing without a token needs a loopback Host "
+                "(localhost, 127.0.0.1 or [::1]); set --publish-token to publish by another name",
+            )
+        return None, "peer:" + peer_key(request)
+
+
+#: A Host header: a name or IPv4 address, or an IPv6 address in brackets; a port.
+_HOST = re.compile(rb"(?:\[(?P<v6>[0-9a-f:.]+)\]|(?P<name>[^\[\]:]+))(?::[0-9]+)?")
+
+
+@lru_cache(maxsize=256)  # a handful of distinct Host values; ipaddress is slow
+def is_loopback_host(host: bytes | None) -> bool:
+    """
+    Whether a C{Host} header names this machine by a loopback name:
+    C{localhost}, C{127.x.x.x} or C{[::1]}, with any port (or no header, as
+    from an HTTP/1.0 script: a browser always sends one).
+
+    A page that rebinds its own DNS name to 127.0.0.1 still sends its own
+    name here, so this tells such a page from a local program.
+    """
+    if host is None:
+        return True
+    match = _HOST.fullmatch(host.strip().lower())
+    if match is None:
+        return False
+    name = match.group("v6") or match.group("name").rstrip(b".")
+    if name == b"localhost":
+        return True
+    try:
+        ip = ipaddress.ip_address(name.decode("ascii"))
+    except (UnicodeDecodeError, ValueError):
+        return False
+    mapped = getattr(ip, "ipv4_mapped", None)
+    return bool(ip.is_loopback or (mapped is not None and mapped.is_loopback))
+
+
+def is_loopback(address: object) -> bool:
+    if isinstance(address, UNIXAddress):
+        return True
+    if isinstance(address, (IPv4Address, IPv6Address)):
+        return _loopback_ip(address.host)
+    return False
+
+
+@lru_cache(maxsize=1024)  # peers repeat; ipaddress parsing is ~10 us a call
+def _loopback_ip(host: str) -> bool:
+    try:
+        ip = ipaddress.ip_address(host.split("%", 1)[0])
+    except ValueError:
+        return False
+    mapped = getattr(ip, "ipv4_mapped", None)
+    return bool(ip.is_loopback or (mapped is not None and mapped.is_loopback))

@@ -15,10 +15,24 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["MAX_CHANNEL_LENGTH", "MAX_ID_LENGTH", "MAX_RETRY", "Event", "validate_channel"]
+__all__ = [
+    "DROPPED_EVENT",
+    "ITEM_FIELDS",
+    "MAX_CHANNEL_LENGTH",
+    "MAX_ID_LENGTH",
+    "MAX_RETRY",
+    "RESET_EVENT",
+    "Event",
+    "InvalidItem",
+    "Item",
+    "dropped_notice",
+    "reset_notice",
+    "validate_channel",
+]
 
 #: Longest channel name accepted.
 MAX_CHANNEL_LENGTH = 200
@@ -119,28 +133,65 @@ def frame(
     return "".join(parts).encode("utf-8")
 
 
-@dataclass(frozen=True, slots=True)
-class Event:
-    """
-    An immutable, validated event and its wire bytes.
+#: Name of the event that tells a client how many events it missed.
+DROPPED_EVENT = "sse.dropped"
+#: Name of the event that tells a client that events may have been lost.
+RESET_EVENT = "sse.reset"
 
-    Build one with L{Event.create}; C{frame} holds the exact bytes that every
-    subscriber receives. The frame is all an event holds: its C{data} is read
-    back from it when asked for (rarely: fan-out and replay only write the
-    frame), so a history of large events costs their size once, not twice.
+
+def dropped_notice(count: int) -> bytes:
+    """
+    The block that tells a client it missed C{count} events.
+
+    A named event (not a comment) so that EventSource code can listen for it;
+    it carries no id, so the client's last event id is left as it was.
+    """
+    return frame(f'{{"dropped":{count}}}', event=DROPPED_EVENT)
+
+
+def reset_notice(last_id: str, reason: str = "unknown-id") -> bytes:
+    """
+    The block that tells a client that events after C{last_id} may be lost:
+    its id is not in the history (evicted, expired, or from an earlier run),
+    or the relay lost events. What follows is live. No id, so the client's
+    last event id stays as it was.
+    """
+    return frame(encode_json({"lastEventId": last_id, "reason": reason}), event=RESET_EVENT)
+
+
+class InvalidItem(ValueError):
+    """
+    A publish item that cannot be published: what is wrong, and (in a batch)
+    which item it is.
+    """
+
+    def __init__(self, message: str, index: int | None = None) -> None:
+        super().__init__(message)
+        #: The item's position in its batch, or L{None} for a single item.
+        self.index = index
+
+
+#: The keys of a publish mapping (L{Item.from_mapping}).
+ITEM_FIELDS = frozenset({"channel", "event", "data", "text", "id", "retry"})
+
+
+@dataclass(frozen=True, slots=True)
+class Item:
+    """
+    What a publisher asks for, validated and encoded once: an event but for
+    its id (unless the publisher chose one) and its frame.
+
+    Building one is the only validation an event goes through, and it
+    touches no Twisted, so it may run in any thread. It is framed once, by
+    L{framed}, when its id is known: at once by the broker, or by a relay
+    once the relay has stored it and chosen the id.
     """
 
     channel: str
     event: str | None
-    id: str | None
-    retry: int | None
-    frame: bytes = field(repr=False)
-
-    @property
-    def data(self) -> str:
-        """The payload as a spec parser reads it: its lines joined with LF."""
-        lines = self.frame.decode("utf-8").split("\n")
-        return "\n".join(line[6:] for line in lines if line.startswith("data: "))
+    payload: str
+    retry: int | None = None
+    id: str | None = None
 
     @classmethod
     def create(
@@ -152,47 +203,20 @@ class Event:
         text: str | None = None,
         id: str | None = None,
         retry: int | None = None,
-        json_data: bool = True,
-    ) -> Event:
+    ) -> Item:
         """
-        Validate the fields, encode the payload once, and frame it.
+        Validate the fields and encode the payload.
 
         @param data: any JSON-encodable value, encoded compactly; ignored when
             C{text} is given.
         @param text: a str sent verbatim instead of JSON (plain text, HTML
-            fragments for htmx).
-        @param id: the event's id; L{None} leaves the block without an id.
+            fragments for htmx, or a payload encoded before).
+        @param id: the event's id; L{None} lets the broker (or relay) choose.
         @param retry: the reconnection delay in milliseconds for EventSource.
-        @param json_data: internal; L{False} means C{data} is already the
-            encoded payload string.
 
         @raise TypeError: for a wrongly typed field or data JSON cannot encode.
         @raise ValueError: for a bad channel, CR/LF/NUL in C{event} or C{id},
-            or a negative C{retry}.
-        """
-        event, payload = cls.check(
-            channel, event, data, text=text, id=id, retry=retry, json_data=json_data
-        )
-        return cls(channel, event, id, retry, frame(payload, id=id, event=event, retry=retry))
-
-    @staticmethod
-    def check(
-        channel: str,
-        event: str | None = None,
-        data: Any = None,
-        *,
-        text: str | None = None,
-        id: str | None = None,
-        retry: int | None = None,
-        json_data: bool = True,
-    ) -> tuple[str | None, str]:
-        """
-        Everything L{create} checks and encodes, without framing: for callers
-        that frame later (once an id is known, in another thread).
-
-        @return: the event name (empty becomes L{None}) and the encoded payload.
-        @raise TypeError: as L{create}.
-        @raise ValueError: as L{create}.
+            an id over L{MAX_ID_LENGTH} bytes, or C{retry} out of range.
         """
         validate_channel(channel)
         if event is not None:
@@ -221,10 +245,106 @@ class Event:
                 raise TypeError(f"text must be a str, not {type(text).__name__}")
             _check_utf8("text", text)
             payload = text
-        elif json_data:
-            payload = encode_json(data)
         else:
-            if not isinstance(data, str):
-                raise TypeError("pre-encoded data must be a str")
-            payload = data
-        return event, payload
+            payload = encode_json(data)
+            if not payload.isascii():
+                _check_utf8("data", payload)  # a lone surrogate in a str or a key
+        return cls(channel, event, payload, retry, id)
+
+    @classmethod
+    def from_mapping(cls, item: Mapping[str, Any], index: int | None = None) -> Item:
+        """
+        L{create} from a mapping with its argument names (a publish request's
+        JSON object): exactly one of C{data} and C{text}, no other keys, and
+        the types JSON gives.
+
+        @raise InvalidItem: for anything wrong, C{index} naming the item.
+        """
+        try:
+            if not isinstance(item, Mapping):
+                raise ValueError("must be a JSON object")
+            unknown = set(item) - ITEM_FIELDS
+            if unknown:
+                # ascii(): the names are the publisher's, and may hold lone surrogates.
+                names = ", ".join(ascii(name) for name in sorted(map(str, unknown)))
+                raise ValueError(f"unknown field(s): {names}")
+            if "channel" not in item:
+                raise ValueError("missing field: channel")
+            if ("data" in item) == ("text" in item):
+                raise ValueError("give exactly one of 'data' (any JSON) or 'text' (a string)")
+            for name in ("channel", "text", "id"):
+                if name in item and not isinstance(item[name], str):
+                    raise ValueError(f"{name} must be a string")
+            if item.get("event") is not None and not isinstance(item["event"], str):
+                raise ValueError("event must be a string")
+            retry = item.get("retry")
+            if retry is not None and (
+                not isinstance(retry, int) or isinstance(retry, bool) or retry < 0
+            ):
+                raise ValueError("retry must be a non-negative integer (ms)")
+            return cls.create(
+                item["channel"],
+                item.get("event"),
+                item.get("data"),
+                text=item.get("text"),
+                id=item.get("id"),
+                retry=retry,
+            )
+        except (TypeError, ValueError) as e:
+            if isinstance(e, InvalidItem):
+                raise
+            raise InvalidItem(str(e), index) from None
+
+    def framed(self, id: str | None = None) -> Event:
+        """
+        The event, framed once with C{id} (the item's own id when it has
+        one; L{None} leaves the block without an id).
+        """
+        if self.id is not None:
+            id = self.id
+        event, retry = self.event, self.retry
+        return Event(
+            self.channel, event, id, retry, frame(self.payload, id=id, event=event, retry=retry)
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """
+    An immutable, validated event and its wire bytes.
+
+    Made by L{Item.framed} (or L{Event.create}); C{frame} holds the exact
+    bytes that every subscriber receives. The frame is all an event holds:
+    its C{data} is read back from it when asked for (rarely: fan-out and
+    replay only write the frame), so a history of large events costs their
+    size once, not twice.
+    """
+
+    channel: str
+    event: str | None
+    id: str | None
+    retry: int | None
+    frame: bytes = field(repr=False)
+
+    @property
+    def data(self) -> str:
+        """The payload as a spec parser reads it: its lines joined with LF."""
+        lines = self.frame.decode("utf-8").split("\n")
+        return "\n".join(line[6:] for line in lines if line.startswith("data: "))
+
+    @classmethod
+    def create(
+        cls,
+        channel: str,
+        event: str | None = None,
+        data: Any = None,
+        *,
+        text: str | None = None,
+        id: str | None = None,
+        retry: int | None = None,
+    ) -> Event:
+        """
+        L{Item.create} then L{Item.framed}: an event in one call, for code that
+        chooses its own ids (tests, relays, custom histories).
+        """
+        return Item.create(channel, event, data, text=text, id=id, retry=retry).framed()

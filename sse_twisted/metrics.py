@@ -19,6 +19,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import Request
 
 from .broker import SSEBroker
+from .errors import error_response, method_not_allowed
 
 __all__ = ["BrokerCollector", "MetricsResource", "metrics_registry"]
 
@@ -34,8 +35,11 @@ class BrokerCollector:
         return []
 
     def collect(self) -> Iterator[Any]:
-        b = self.broker
-        yield GaugeMetricFamily("sse_subscribers", "Open event streams.", value=b.client_count())
+        b = self.broker.stats
+        broker = self.broker
+        yield GaugeMetricFamily(
+            "sse_subscribers", "Open event streams.", value=broker.client_count()
+        )
         for name, help_text, value in [
             ("sse_events_published", "Events published.", b.published),
             (
@@ -44,7 +48,11 @@ class BrokerCollector:
                 b.delivered,
             ),
             ("sse_events_replayed", "Events replayed from the history.", b.replayed),
-            ("sse_resets", "sse.reset signals sent for unknown Last-Event-IDs.", b.resets),
+            (
+                "sse_resets",
+                "sse.reset signals sent (unknown Last-Event-IDs, relay gaps).",
+                b.resets,
+            ),
             ("sse_heartbeats", "Heartbeat comments written.", b.heartbeats),
             ("sse_bytes_sent", "Event bytes handed to subscribers.", b.bytes_sent),
             (
@@ -72,7 +80,7 @@ class BrokerCollector:
         for status, count in sorted(self.publish_statuses.items()):
             requests.add_metric([str(status)], count)
         yield requests
-        history = b.history
+        history = broker.history
         yield GaugeMetricFamily(
             "sse_history_events",
             "Events held for resuming clients.",
@@ -83,7 +91,7 @@ class BrokerCollector:
             "Bytes of events held for resuming clients.",
             value=getattr(history, "bytes", 0),
         )
-        relay = b.relay
+        relay = broker.relay
         if relay is not None:
             yield from _relay_metrics(relay)
 
@@ -140,9 +148,7 @@ class MetricsResource(Resource):
         self.registry = registry
 
     def render(self, request: Request) -> bytes:
-        from .resource import _error, _method_not_allowed
-
         if request.method not in (b"GET", b"HEAD"):
-            return _error(request, _method_not_allowed(b"GET, HEAD"))
+            return error_response(request, method_not_allowed(b"GET, HEAD"))
         request.responseHeaders.setRawHeaders(b"content-type", [CONTENT_TYPE_LATEST.encode()])
         return generate_latest(self.registry)

@@ -71,7 +71,7 @@ from __future__ import annotations
 
 import os
 import random
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote, urlsplit
@@ -89,8 +89,9 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from ._reactor import default_reactor
-from .event import Event
+from .event import Event, Item
 from .history import MemoryHistory
+from .relay import BatchTooLarge
 
 __all__ = [
     "BatchTooLarge",
@@ -110,17 +111,6 @@ class RedisUnavailable(ConnectionError):
 
 class RedisCommandError(RuntimeError):
     """Redis answered with an error (a wrong password, a key of another type...)."""
-
-
-class BatchTooLarge(ValueError):
-    """
-    A batch with more events than the stream holds: C{MAXLEN ~} would trim
-    its head inside the same transaction, before any node could read it.
-    Nothing was stored.
-    """
-
-    #: The HTTP answer for it: the request is too large for what is promised.
-    http_status = 413
 
 
 # Stream ids
@@ -903,14 +893,13 @@ class RedisBus:
         try:
             values = dict(zip(fields[::2], fields[1::2], strict=True))
             retry = values.get("retry")
-            return Event.create(
+            item = Item.create(
                 values["channel"],
                 values.get("event"),
-                values.get("data", ""),
-                json_data=False,
-                id=entry_id,
+                text=values.get("data", ""),
                 retry=int(retry) if retry is not None else None,
             )
+            return item.framed(entry_id)
         except (KeyError, TypeError, ValueError) as e:
             self.log.warn(
                 "Skipping stream entry {id} that is not an event ({error})",
@@ -940,25 +929,20 @@ class RedisBus:
 
     # Publishing
 
-    def publish(self, items: Sequence[Mapping[str, Any]]) -> Deferred[list[str]]:
+    def publish(self, items: Sequence[Item]) -> Deferred[list[str]]:
         """
-        Store a batch of events in the stream, all or none (one C{MULTI}/C{EXEC}).
-
-        Each item has C{channel}, C{payload} (the encoded data, a str), and
-        optionally C{event} and C{retry}. The events reach this node's
-        subscribers through the reader, like every other node's.
+        Store a batch of items (validated, without ids) in the stream, all or
+        none (one C{MULTI}/C{EXEC}). The events reach this node's subscribers
+        through the reader, like every other node's.
 
         @return: a Deferred of the events' stream ids, in order. It errbacks
             with L{RedisUnavailable} when Redis is not connected (nothing
             stored) or the connection failed before Redis answered (maybe
             stored), and with L{RedisCommandError} when Redis refused.
-        @raise ValueError: for an item with an C{id} (Redis chooses the ids),
-            or that L{Event.create} refuses; C{TypeError} likewise. The error's
-            C{sse_item} attribute is the item's index.
         @raise BatchTooLarge: for more items than C{history_size}; nothing
             is stored.
         """
-        commands = [self._xadd(index, item) for index, item in enumerate(items)]
+        commands = [self._xadd(item) for item in items]
         if not commands:
             return succeed([])
         if len(commands) > self.history_size:
@@ -989,28 +973,11 @@ class RedisBus:
             lambda replies: [str(stream_id) for stream_id in replies[:count]], unsure
         )
 
-    def _xadd(self, index: int, item: Mapping[str, Any]) -> list[Any]:
-        try:
-            if item.get("id") is not None:
-                raise ValueError(
-                    "with Redis, event ids are the Redis stream ids; leave 'id' out of the publish"
-                )
-            event = Event.create(
-                item["channel"],
-                item.get("event"),
-                item["payload"],
-                json_data=False,
-                retry=item.get("retry"),
-            )
-        except (TypeError, ValueError, KeyError) as e:
-            if isinstance(e, KeyError):
-                e = ValueError(f"publish item {index} has no {e.args[0]!r}")
-            e.sse_item = index  # type: ignore[union-attr]  # read by the resource
-            raise e from None
+    def _xadd(self, item: Item) -> list[Any]:
         args: list[Any] = ["XADD", self.stream, "MAXLEN", "~", self.history_size, "*"]
-        args += ["channel", event.channel, "data", event.data]
-        if event.event is not None:
-            args += ["event", event.event]
-        if event.retry is not None:
-            args += ["retry", event.retry]
+        args += ["channel", item.channel, "data", item.payload]
+        if item.event is not None:
+            args += ["event", item.event]
+        if item.retry is not None:
+            args += ["retry", item.retry]
         return args

@@ -1,6 +1,7 @@
 """
-SSEService: listen on an endpoint (bound before twistd drops privileges); on
-stop, stop listening first, then drain, then stop the relay.
+SSEService: a broker and a listening port (bound before twistd drops
+privileges); on stop, stop listening first, then the broker (drain, then
+its relay).
 """
 
 from __future__ import annotations
@@ -8,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from twisted.application.internet import StreamServerEndpointService
-from twisted.application.service import Service
+from twisted.application.service import MultiService, Service
 from twisted.internet.defer import CancelledError, Deferred, succeed
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.error import CannotListenError
@@ -19,7 +20,7 @@ from twisted.python.failure import Failure
 from ._reactor import default_reactor
 from .broker import SSEBroker
 
-__all__ = ["CannotListen", "SSEService"]
+__all__ = ["CannotListen", "ListeningService", "SSEService"]
 
 
 class CannotListen(SystemExit, Exception):
@@ -55,21 +56,15 @@ def _reason(failure: Failure) -> str:
     return str(error).rstrip(".") or type(error).__name__
 
 
-class SSEService(StreamServerEndpointService):
+class SSEService(MultiService):
     """
-    Serves C{factory} on the endpoint C{description} and drains C{broker} on
-    stop.
+    Serves C{factory} on the endpoint C{description} with C{broker}.
 
-    The port is bound in C{privilegedStartService}, as Twisted's own
-    L{StreamServerEndpointService} (which this builds on) does: twistd calls it
-    before it drops privileges (C{--uid}), so a port below 1024 works, and a
-    port that cannot be had raises L{CannotListen} there and then, which ends
-    C{twistd} with status 1 instead of leaving a server that listens nowhere.
-    The relay (Redis), if any, starts in C{startService}, once listening.
-
-    Stopping closes the listening port before draining, so that a
-    reconnecting browser meets a refused connection and retries later, rather
-    than an error status that would make EventSource give up for good.
+    Its children are a L{ListeningService} and the broker (whose own service
+    starts and stops its relay), started in that order. Stopping closes the listening port
+    before the broker drains, so that a reconnecting browser meets a refused
+    connection and retries later, rather than an error status that would
+    make EventSource give up for good.
     """
 
     log = Logger()
@@ -80,7 +75,52 @@ class SSEService(StreamServerEndpointService):
         factory: IProtocolFactory,
         broker: SSEBroker,
         *,
-        drain_timeout: float = 5.0,
+        drain_timeout: float | None = None,
+        reactor: Any = None,
+        banner: str = "",
+    ) -> None:
+        super().__init__()
+        self.broker = broker
+        if drain_timeout is not None:
+            broker.drain_timeout = drain_timeout
+        self.listener = ListeningService(description, factory, reactor=reactor, banner=banner)
+        # Listen first: a port that cannot be had stops the start before the
+        # broker starts its relay.
+        self.listener.setServiceParent(self)
+        broker.setServiceParent(self)
+
+    @property
+    def port(self) -> IListeningPort | None:
+        """The listening port, once bound."""
+        return self.listener.port
+
+    def stopService(self) -> Deferred[None]:
+        """Stop listening, then stop the broker (drain every stream, then its relay)."""
+        Service.stopService(self)
+        stopped = self.listener.stopService()
+        stopped.addCallback(lambda _: self.broker.stopService())
+        stopped.addCallback(lambda _: self.log.info("sse_twisted drained and stopped"))
+        return stopped
+
+
+class ListeningService(StreamServerEndpointService):
+    """
+    Listens on the endpoint C{description}.
+
+    The port is bound in C{privilegedStartService}, as Twisted's own
+    L{StreamServerEndpointService} (which this builds on) does: twistd calls it
+    before it drops privileges (C{--uid}), so a port below 1024 works, and a
+    port that cannot be had raises L{CannotListen} there and then, which ends
+    C{twistd} with status 1 instead of leaving a server that listens nowhere.
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        description: str,
+        factory: IProtocolFactory,
+        *,
         reactor: Any = None,
         banner: str = "",
     ) -> None:
@@ -88,8 +128,6 @@ class SSEService(StreamServerEndpointService):
         # looked up then (twistd installs the one chosen by --reactor first).
         super().__init__(None, factory)
         self.description = description
-        self.broker = broker
-        self.drain_timeout = drain_timeout
         self.banner = banner
         self._reactor = reactor
         self.port: IListeningPort | None = None
@@ -145,25 +183,15 @@ class SSEService(StreamServerEndpointService):
         )
         return port
 
-    def startService(self) -> None:
-        """Listen (unless twistd already made us), then start the relay."""
-        super().startService()
-        if self.broker.relay is not None:
-            self.broker.relay.start()
-
     def stopService(self) -> Deferred[None]:
-        """Stop listening, then drain every stream, then stop the relay."""
+        """Stop listening (harmless when it never listened)."""
         stopped: Deferred[Any]
         if self._waitingForPort is not None:
             stopped = super().stopService()
             self._waitingForPort = None  # so that a restart listens again
         else:  # never started: nothing to stop listening on
-            Service.stopService(self)
+            if self.running:
+                Service.stopService(self)
             stopped = succeed(None)
         self.port = None
-        stopped.addCallback(lambda _: self.broker.drain(self.drain_timeout))
-        relay = self.broker.relay
-        if relay is not None:
-            stopped.addCallback(lambda _: relay.stop())
-        stopped.addCallback(lambda _: self.log.info("sse_twisted drained and stopped"))
         return stopped

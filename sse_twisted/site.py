@@ -32,7 +32,7 @@ from twisted.web.http_headers import Headers
 from twisted.web.resource import IResource
 from twisted.web.server import Request, Site
 
-from .resource import HTTPError, encode_json_body, safe_message
+from .errors import HTTPError, encode_json_body, safe_message
 
 __all__ = ["SSESite", "redact_uri"]
 

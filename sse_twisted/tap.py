@@ -26,7 +26,7 @@ from .cors import CORSPolicy
 from .history import DEFAULT_HISTORY_BYTES
 from .limits import DEFAULT_MAX_CHANNELS, RateLimiter, SubscriberLimits
 from .paths import normalise_path
-from .resource import DEFAULT_MAX_BODY
+from .publish import DEFAULT_MAX_BODY
 from .service import SSEService
 from .site import SSESite
 from .subscriber import OVERFLOW_POLICIES
@@ -507,8 +507,8 @@ class Options(usage.Options):
 def makeService(options: Options) -> IService:
     """Build the broker, its Klein app and the service that serves and drains it."""
     relay = None
-    history: Any = options["history"]
     if options["redis"]:
+        # Imported only here: the redis extra is optional (checked in postOptions).
         from .redis import RedisBus
 
         relay = RedisBus(
@@ -517,7 +517,6 @@ def makeService(options: Options) -> IService:
             history_ttl=options["history-ttl"],
             command_timeout=options["redis-timeout"],
         )
-        history = relay.history
         relay.history.max_bytes = options["history-bytes"]
     broker = SSEBroker(
         relay=relay,
@@ -525,11 +524,12 @@ def makeService(options: Options) -> IService:
         overflow=options["overflow"],
         heartbeat=options["heartbeat"],
         retry=options["retry"],
-        history=history,
+        history=options["history"],
         log_clients=bool(options["log-clients"]),
         history_ttl=options["history-ttl"],
         history_bytes=options["history-bytes"],
         write_timeout=options["write-timeout"],
+        drain_timeout=options["drain-timeout"],
     )
     auth = None
     if options["jwt-secret"] or options["jwt-public-key"]:
@@ -545,9 +545,6 @@ def makeService(options: Options) -> IService:
         if options["publish-rate"]
         else None
     )
-    if relay is not None:
-        relay.on_event = broker.dispatch
-        relay.on_gap = broker.notify_gap
     root = make_resource(
         broker,
         path=options["path"],
@@ -573,6 +570,4 @@ def makeService(options: Options) -> IService:
         f"{normalise_path(options['publish-path'], '/publish')}"
         f" ({'token required' if options['publish-token'] else 'loopback only'})"
     )
-    return SSEService(
-        options["port"], site, broker, drain_timeout=options["drain-timeout"], banner=banner
-    )
+    return SSEService(options["port"], site, broker, banner=banner)

@@ -7,21 +7,28 @@ import socket
 import pytest
 import pytest_twisted
 
-from sse_twisted import SSEBroker
+from sse_twisted import SSEBroker, _transport
+from sse_twisted._transport import write_through
 from sse_twisted.parser import EventStreamParser
-from sse_twisted.subscriber import write_through
+from sse_twisted.resource import StreamResource
 
 from ..servers import dechunk
 
 pytestmark = pytest.mark.e2e
 
 
+@pytest.mark.parametrize("fast", [True, False], ids=["write-through", "fallback"])
 @pytest_twisted.ensureDeferred
-async def test_slow_reader_gets_every_byte_in_order() -> None:
+async def test_slow_reader_gets_every_byte_in_order(
+    fast: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """
     A client that reads slowly makes sends partial and the stream pause; with a
-    queue big enough, every event still arrives whole and in order.
+    queue big enough, every event still arrives whole and in order: through
+    the write-through path, and through Twisted's own write when the probe of
+    Twisted's internals has turned it off.
     """
+    monkeypatch.setattr(_transport, "FAST_TCP", fast)
     from twisted.internet import reactor
     from twisted.internet.task import deferLater
     from twisted.internet.threads import deferToThread
@@ -30,7 +37,7 @@ async def test_slow_reader_gets_every_byte_in_order() -> None:
 
     broker = SSEBroker(heartbeat=0, queue_size=10_000, reactor=reactor)
     root = Resource()
-    root.putChild(b"events", broker.resource())
+    root.putChild(b"events", StreamResource(broker))
     port = reactor.listenTCP(0, Site(root), interface="127.0.0.1")
     client = socket.socket()
     client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
@@ -43,7 +50,7 @@ async def test_slow_reader_gets_every_byte_in_order() -> None:
                 break
             await deferLater(reactor, 0.01, lambda: None)
         (sub,) = broker._subscribers
-        assert sub._fast is sub.transport  # live and chunked: the write-through path
+        assert sub.fast is sub.transport  # live and chunked: the write-through path
         # Small kernel buffers on both sides, so the kernel soon takes less than is sent.
         sub.transport.socket.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 8192)
         payload = "x" * 4000

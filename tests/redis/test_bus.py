@@ -10,7 +10,8 @@ import pytest_twisted
 from twisted.internet.defer import gatherResults
 from twisted.logger import LogLevel
 
-from sse_twisted.event import Event
+from sse_twisted import SSEBroker
+from sse_twisted.event import Event, InvalidItem, Item
 from sse_twisted.redis import RedisBus, RedisUnavailable, stream_id_key
 
 from .conftest import Node, RedisServer, _reactor, free_port, pause, wait_until
@@ -18,11 +19,11 @@ from .conftest import Node, RedisServer, _reactor, free_port, pause, wait_until
 STREAM_ID = re.compile(r"^\d+-\d+$")
 
 
-def item(n: int, channel: str = "news", **kw: Any) -> dict[str, Any]:
-    return {"channel": channel, "event": "tick", "payload": f'{{"n":{n}}}', "retry": None, **kw}
+def item(n: int, channel: str = "news", **kw: Any) -> Item:
+    return Item.create(channel, kw.pop("event", "tick"), {"n": n}, **kw)
 
 
-async def publish(node: Node, items: list[dict[str, Any]]) -> list[str]:
+async def publish(node: Node, items: list[Item]) -> list[str]:
     return await node.bus.publish(items).addTimeout(10, _reactor())
 
 
@@ -42,10 +43,10 @@ async def test_two_nodes_receive_in_one_order_exactly_once(
     a = await nodes(redis_server.url).ready()
     b = await nodes(redis_server.url).ready()
     odd = [
-        {"channel": "x", "event": None, "payload": "007", "retry": None},
-        {"channel": "x", "event": "", "payload": "1.50", "retry": 0},
-        {"channel": "y", "event": "t", "payload": "", "retry": 1500},
-        {"channel": "ü ch", "event": "ev", "payload": "line1\r\nline2\rline3\n€", "retry": None},
+        Item.create("x", None, text="007"),
+        Item.create("x", "", text="1.50", retry=0),
+        Item.create("y", "t", text="", retry=1500),
+        Item.create("ü ch", "ev", text="line1\r\nline2\rline3\n€"),
     ]
     published = await gatherResults(
         [
@@ -73,12 +74,7 @@ async def test_two_nodes_receive_in_one_order_exactly_once(
         start = got.index(batch[0])
         assert got[start : start + len(batch)] == batch
     by_id = {e.id: e for e in a.received}
-    expected = [
-        Event.create(
-            o["channel"], o["event"], o["payload"], json_data=False, id=i, retry=o["retry"]
-        )
-        for o, i in zip(odd, published[2], strict=True)
-    ]
+    expected = [o.framed(i) for o, i in zip(odd, published[2], strict=True)]
     assert [by_id[i] for i in published[2]] == expected
     assert [by_id[i].frame for i in published[2]] == [e.frame for e in expected]
     # The stream holds exactly what was delivered.
@@ -239,15 +235,15 @@ async def test_ttl_trims_stream_and_mirror(redis_server: RedisServer, nodes: Any
 
 @pytest_twisted.ensureDeferred
 async def test_publish_refuses_ids(redis_server: RedisServer, nodes: Any) -> None:
-    """Redis picks the ids, so a publish that sets one is refused before anything is sent."""
+    """
+    Redis picks the ids, so a broker on the bus refuses a batch in which an
+    item sets one, naming the item, before anything is sent.
+    """
     a = await nodes(redis_server.url).ready()
-    with pytest.raises(ValueError, match="stream ids") as info:
-        a.bus.publish([item(1), item(2, id="mine")])
-    assert info.value.sse_item == 1  # type: ignore[attr-defined]
-    with pytest.raises(ValueError, match="has no 'payload'"):
-        a.bus.publish([{"channel": "c", "data": 1}])
-    with pytest.raises(ValueError, match="CR, LF or NUL"):
-        a.bus.publish([item(1, event="a\nb")])
+    broker = SSEBroker(relay=a.bus, heartbeat=0)
+    with pytest.raises(InvalidItem, match="chosen by the relay") as info:
+        broker.publish_items([item(1), item(2, id="mine")])
+    assert info.value.index == 1
     assert int(await redis_server.command("XLEN", "sse:events")) == 0
 
 

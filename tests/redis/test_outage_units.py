@@ -13,6 +13,7 @@ from twisted.logger import LogLevel
 from zope.interface import implementer
 
 from sse_twisted.broker import SSEBroker
+from sse_twisted.event import Item
 from sse_twisted.metrics import metrics_registry
 from sse_twisted.redis import BatchTooLarge, RedisBus
 
@@ -77,11 +78,10 @@ def test_batch_over_the_history_is_refused_before_anything_is_sent() -> None:
     clock = Clock()
     endpoint = RefusingEndpoint()
     bus = RedisBus("redis://h:1/0", reactor=clock, endpoint=endpoint, history_size=3)
-    items = [{"channel": "c", "payload": str(n)} for n in range(4)]
+    items = [Item.create("c", text=str(n)) for n in range(4)]
     with pytest.raises(BatchTooLarge, match="at most 3") as caught:
         bus.publish(items)
     assert isinstance(caught.value, ValueError)
-    assert caught.value.http_status == 413
     errors: list[Any] = []
     bus.publish(items[:3]).addErrback(errors.append)  # refused for not being connected
     assert "not connected" in str(errors[0].value)

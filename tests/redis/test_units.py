@@ -11,7 +11,7 @@ from twisted.internet.task import Clock
 from twisted.logger import LogLevel
 from zope.interface import implementer
 
-from sse_twisted.event import Event
+from sse_twisted.event import Event, Item
 from sse_twisted.redis import (
     RedisAddress,
     RedisBus,
@@ -86,7 +86,7 @@ def test_publish_fails_while_not_connected() -> None:
     bus = RedisBus("redis://h", reactor=clock, endpoint=RefusingEndpoint())
     bus.start()
     errors: list[Any] = []
-    bus.publish([{"channel": "c", "payload": "1"}]).addErrback(errors.append)
+    bus.publish([Item.create("c", text="1")]).addErrback(errors.append)
     assert len(errors) == 1
     assert errors[0].check(RedisUnavailable)
     assert "nothing was stored" in str(errors[0].value)
@@ -164,7 +164,7 @@ def test_bad_redis_urls(url: str, message: str) -> None:
 
 
 def ev(stream_id: str, channel: str = "c") -> Event:
-    return Event.create(channel, None, "x", json_data=False, id=stream_id)
+    return Event.create(channel, None, "x", id=stream_id)
 
 
 def test_stream_history_append_is_idempotent() -> None:

@@ -78,7 +78,7 @@ class Pipe(StringTransport):
         self.stamp = stamp
         #: Bytes the client has read (moved to its receive buffer).
         self.read_pos = 0
-        #: (offset, broker.published) of every write, in order.
+        #: (offset, broker.stats.published) of every write, in order.
         self.writes: list[tuple[int, int]] = []
         #: Whether we paused our producer (the HTTPChannel).
         self.throttled = False
@@ -141,7 +141,7 @@ class Pipe(StringTransport):
         return self.io.getvalue()[: self.read_pos]
 
     def stamp_at(self, offset: int) -> int:
-        """broker.published when the byte at C{offset} was written."""
+        """broker.stats.published when the byte at C{offset} was written."""
         i = bisect_right([w[0] for w in self.writes], offset) - 1
         return self.writes[i][1]
 
@@ -177,9 +177,9 @@ class Connection:
     ) -> None:
         self.broker = broker
         self.last_id = last_id
-        #: broker.published when the client connected.
-        self.start = broker.published
-        self.transport = Pipe(mark, lambda: broker.published)
+        #: broker.stats.published when the client connected.
+        self.start = broker.stats.published
+        self.transport = Pipe(mark, lambda: broker.stats.published)
         self.channel = site.buildProtocol(None)
         self.transport.protocol = self.channel  # type: ignore[attr-defined]
         self.channel.makeConnection(self.transport)
@@ -234,7 +234,7 @@ class Connection:
     def parse(self, parser: EventStreamParser, ledger: Ledger) -> tuple[list[Item], int | None]:
         """
         What the client read, as items; and, if it read the terminating
-        chunk, broker.published when that chunk was written.
+        chunk, broker.stats.published when that chunk was written.
         """
         raw = self.transport.received()
         head_end = raw.find(b"\r\n\r\n")

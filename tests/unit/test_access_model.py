@@ -16,9 +16,8 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Sequence
 from fnmatch import fnmatchcase
-from typing import Any
 
 import jwt
 from hypothesis import settings
@@ -30,7 +29,8 @@ from twisted.internet.task import Clock
 from sse_twisted import SSEBroker
 from sse_twisted.app import make_resource
 from sse_twisted.auth import JWTAuth
-from sse_twisted.event import Event
+from sse_twisted.event import Event, Item
+from sse_twisted.history import MemoryHistory
 from sse_twisted.parser import EventStreamParser
 
 from .support import Conn, FillingTransport, dechunk, make_site
@@ -43,11 +43,13 @@ EXAMPLES = int(os.environ.get("SSE_MODEL_EXAMPLES", "0"))
 
 
 class InlineRelay:
-    """One node's relay: stores each item and hands it straight back to the broker."""
+    """One node's relay: stores each item and hands it straight back as an event."""
 
-    def __init__(self) -> None:
+    def __init__(self, history: int) -> None:
         self.ready = True
-        self.broker: SSEBroker | None = None
+        self.history = MemoryHistory(history)
+        self.on_event: Callable[[Event], object] | None = None
+        self.on_gap: Callable[[str, str], object] | None = None
         self.count = 0
 
     def start(self) -> None:
@@ -56,22 +58,13 @@ class InlineRelay:
     def stop(self) -> Deferred[None]:
         return succeed(None)
 
-    def publish(self, items: Sequence[Mapping[str, Any]]) -> Deferred[list[str]]:
-        assert self.broker is not None
+    def publish(self, items: Sequence[Item]) -> Deferred[list[str]]:
+        assert self.on_event is not None
         ids = []
         for item in items:
             self.count += 1
             stream_id = f"{1000 + self.count}-0"
-            self.broker.dispatch(
-                Event.create(
-                    item["channel"],
-                    item["event"],
-                    item["payload"],
-                    json_data=False,
-                    id=stream_id,
-                    retry=item["retry"],
-                )
-            )
+            self.on_event(item.framed(stream_id))
             ids.append(stream_id)
         return succeed(ids)
 
@@ -108,7 +101,7 @@ class AccessModel(RuleBasedStateMachine):
         self.clock = Clock()
         self.clock.advance(time.time())
         self.private = private
-        self.relay = InlineRelay() if relayed else None
+        self.relay = InlineRelay(history) if relayed else None
         self.broker = SSEBroker(
             reactor=self.clock,
             heartbeat=0,
@@ -117,8 +110,6 @@ class AccessModel(RuleBasedStateMachine):
             history=history,
             relay=self.relay,
         )
-        if self.relay is not None:
-            self.relay.broker = self.broker
         self.auth = JWTAuth(secret=SECRET, private=private)
         self.site = make_site(make_resource(self.broker, demo=False, auth=self.auth), self.clock)
 

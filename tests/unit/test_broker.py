@@ -14,8 +14,10 @@ from zope.interface.verify import verifyObject
 
 from sse_twisted import SSEBroker
 from sse_twisted.broker import HEARTBEAT
+from sse_twisted.event import dropped_notice
 from sse_twisted.parser import EventStreamParser
-from sse_twisted.subscriber import Subscriber, dropped_notice
+from sse_twisted.resource import StreamResource
+from sse_twisted.subscriber import Subscriber
 
 from .support import Conn, make_site
 
@@ -28,7 +30,7 @@ def clock() -> Clock:
 def setup(clock: Clock, **kwargs: object) -> tuple[SSEBroker, object]:
     broker = SSEBroker(reactor=clock, id_prefix="t", **kwargs)  # type: ignore[arg-type]
     root = Resource()
-    root.putChild(b"events", broker.resource())
+    root.putChild(b"events", StreamResource(broker))
     return broker, make_site(root, clock)
 
 
@@ -207,7 +209,7 @@ def test_drop_policy_counts_and_tells_the_client(clock: Clock) -> None:
     slow.pause()
     for n in range(10):
         broker.publish("c", "e", n)
-    assert broker.dropped == 7
+    assert broker.stats.dropped == 7
     assert slow.raw() == b""
     slow.resume()
     evs = slow.events()
@@ -499,4 +501,4 @@ def test_http10_client_gets_unchunked_stream(clock: Clock) -> None:
     assert body == b": connected\nretry: 2000\n\n" + ev.frame
     assert new.stream().endswith(ev.frame)
     (sub,) = [s for s in broker._subscribers if s.request.clientproto == b"HTTP/1.0"]
-    assert sub._fast is None  # the chunk fast path is for HTTP/1.1 chunked responses only
+    assert sub.fast is None  # the chunk fast path is for HTTP/1.1 chunked responses only

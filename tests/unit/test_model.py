@@ -65,6 +65,7 @@ from sse_twisted.app import make_resource
 from sse_twisted.auth import JWTAuth
 from sse_twisted.event import Event
 from sse_twisted.history import MemoryHistory
+from sse_twisted.resource import StreamResource
 from sse_twisted.subscriber import OVERFLOW_POLICIES
 
 from .flow import (
@@ -139,7 +140,7 @@ class World:
         self.queue_size = queue_size
         self.mark = mark
         if expiry is None:
-            self.site = make_site(self.broker.resource(), self.clock)
+            self.site = make_site(StreamResource(self.broker), self.clock)
         else:
             # Every stream carries a token that expires: the stream then ends.
             auth = JWTAuth(secret=SECRET, clock=self.clock.seconds)
@@ -234,7 +235,7 @@ class World:
     def record(self, events: list[Event]) -> None:
         self.ledger.record(events)
         self.largest = max([self.largest, *(frame_size(e) for e in events)])
-        assert self.broker.published == len(self.ledger)
+        assert self.broker.stats.published == len(self.ledger)
         self.settle()
 
     # Time and the end
@@ -252,7 +253,7 @@ class World:
     def check(self) -> None:
         """The contract on what every client has read, and the bounds."""
         for s in self.sessions:
-            check_session(s, self.ledger, self.broker.published, self.tolerate)
+            check_session(s, self.ledger, self.broker.stats.published, self.tolerate)
         # Held while stalled: the unread bytes may pass the mark by what one
         # flush writes at most: the queue, the history, and a few notices.
         bound = self.mark + 400 + self.largest * (self.queue_size + self.history_size + 2)

@@ -22,6 +22,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import Site
 
 from sse_twisted import SSEBroker, SSEService, __version__
+from sse_twisted.history import MemoryHistory
 from sse_twisted.service import CannotListen
 from sse_twisted.tap import Options, makeService
 
@@ -265,6 +266,9 @@ class Relay:
 
     def __init__(self) -> None:
         self.calls: list[str] = []
+        self.history = MemoryHistory(10)
+        self.on_event: Any = None
+        self.on_gap: Any = None
 
     def start(self) -> None:
         self.calls.append("start")
@@ -372,7 +376,7 @@ def test_late_listen_failure_stops_the_reactor(logged: list[dict[str, Any]]) -> 
     reactor.running = True
     svc = service(reactor, "late:")
     endpoint = LateEndpoint()
-    svc.endpoint = endpoint
+    svc.listener.endpoint = endpoint
     svc.startService()
     endpoint.listening.errback(CannotListenError("", 1, OSError(13, "Permission denied")))
     assert [e["message"] for e in logged] == [

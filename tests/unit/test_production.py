@@ -104,7 +104,7 @@ def test_cors_preflight_for_publish(clock: Clock) -> None:
     assert pre.header(b"access-control-allow-headers") == b"content-type, authorization"
     bad = Conn(site, b"/publish", method=b"OPTIONS", headers={b"origin": b"https://evil.example"})
     assert bad.status == 405
-    assert broker.published == 0
+    assert broker.stats.published == 0
 
 
 # Limits
@@ -164,7 +164,7 @@ def test_publish_rate_limit(clock: Clock) -> None:
     assert other_peer.status == 200  # counted per peer
     clock.advance(0.5)
     assert post(site, {"channel": "c", "data": 4}).status == 200
-    assert broker.published == 4
+    assert broker.stats.published == 4
 
 
 def test_rate_limiter_forgets_idle() -> None:
@@ -264,7 +264,7 @@ def test_publish_with_jwt(clock: Clock) -> None:
     static = post(site, {"channel": "orders", "data": 3}, {b"authorization": b"Bearer static"})
     assert static.status == 200
     assert post(site, {"channel": "x", "data": 3}, {b"authorization": b"Bearer nope"}).status == 401
-    assert broker.published == 2
+    assert broker.stats.published == 2
 
 
 def test_jwt_public_key_rs256(clock: Clock) -> None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import pytest
@@ -12,7 +12,8 @@ from twisted.internet.task import Clock
 
 from sse_twisted import SSEBroker
 from sse_twisted.app import make_resource
-from sse_twisted.event import Event
+from sse_twisted.event import Event, Item
+from sse_twisted.history import MemoryHistory
 
 from .support import Conn, make_site
 
@@ -20,13 +21,15 @@ JSON = {b"content-type": b"application/json"}
 
 
 class LoopRelay:
-    """Stores events in a list and hands them back to the broker when told to (one 'node')."""
+    """Stores items in a list and hands them back as events when told to (one 'node')."""
 
     def __init__(self) -> None:
         self.ready = True
-        self.stored: list[tuple[str, Mapping[str, Any]]] = []
+        self.history = MemoryHistory(1000)
+        self.on_event: Callable[[Event], object] | None = None
+        self.on_gap: Callable[[str, str], object] | None = None
+        self.stored: list[tuple[str, Item]] = []
         self.pending: list[Deferred[list[str]]] = []
-        self.broker: SSEBroker | None = None
         self.hold = False
 
     def start(self) -> None:
@@ -35,7 +38,7 @@ class LoopRelay:
     def stop(self) -> Deferred[None]:
         return succeed(None)
 
-    def publish(self, items: Sequence[Mapping[str, Any]]) -> Deferred[list[str]]:
+    def publish(self, items: Sequence[Item]) -> Deferred[list[str]]:
         if not self.ready:
             return fail(ConnectionError("relay not connected"))
         ids = []
@@ -53,26 +56,16 @@ class LoopRelay:
         return d
 
     def _deliver(self, ids: list[str]) -> list[str]:
-        assert self.broker is not None
+        assert self.on_event is not None
+        stored = dict(self.stored)
         for stream_id in ids:
-            item = dict(self.stored)[stream_id]
-            self.broker.dispatch(
-                Event.create(
-                    item["channel"],
-                    item["event"],
-                    item["payload"],
-                    json_data=False,
-                    id=stream_id,
-                    retry=item["retry"],
-                )
-            )
+            self.on_event(stored[stream_id].framed(stream_id))
         return ids
 
 
 def setup(clock: Clock) -> tuple[SSEBroker, LoopRelay, Any]:
     relay = LoopRelay()
     broker = SSEBroker(reactor=clock, heartbeat=0, relay=relay)
-    relay.broker = broker
     return broker, relay, make_site(make_resource(broker), clock)
 
 
@@ -87,7 +80,7 @@ def test_publish_goes_through_the_relay() -> None:
     result.addCallback(got.append)
     assert got[0].id == "1000-0"
     assert [(e.type, e.data, e.last_event_id) for e in sub.events()] == [("e", '{"x":1}', "1000-0")]
-    assert relay.stored[0][1] == {"channel": "c", "event": "e", "payload": '{"x":1}', "retry": None}
+    assert relay.stored[0][1] == Item("c", "e", '{"x":1}', None)
 
 
 def test_relay_refuses_publisher_ids() -> None:
@@ -170,7 +163,6 @@ def test_publish_threadsafe_through_the_relay() -> None:
     clock = ThreadClock()
     relay = LoopRelay()
     broker = SSEBroker(reactor=clock, heartbeat=0, relay=relay)
-    relay.broker = broker
     futures = []
     t = threading.Thread(target=lambda: futures.append(broker.publish_threadsafe("c", "e", [1])))
     t.start()

@@ -13,6 +13,7 @@ from twisted.web.resource import Resource
 from sse_twisted import SSEBroker
 from sse_twisted.event import Event
 from sse_twisted.history import MemoryHistory
+from sse_twisted.resource import StreamResource
 
 from .support import Conn, make_site
 
@@ -20,7 +21,7 @@ from .support import Conn, make_site
 def setup(clock: Clock, **kwargs: object) -> tuple[SSEBroker, object]:
     broker = SSEBroker(reactor=clock, id_prefix="t", heartbeat=0, **kwargs)  # type: ignore[arg-type]
     root = Resource()
-    root.putChild(b"events", broker.resource())
+    root.putChild(b"events", StreamResource(broker))
     return broker, make_site(root, clock)
 
 
@@ -95,7 +96,7 @@ def test_resume_with_header() -> None:
     assert datas(c) == ["2", "4"]
     broker.publish("a", "e", 5)
     assert datas(c) == ["2", "4", "5"]
-    assert broker.replayed == 2
+    assert broker.stats.replayed == 2
 
 
 def test_resume_with_query() -> None:
@@ -133,7 +134,7 @@ def test_unknown_id_gets_reset(history: int) -> None:
     assert json.loads(evs[0].data) == {"lastEventId": "earlier-run-7", "reason": "unknown-id"}
     assert evs[0].last_event_id == ""  # no id: the client's place is not moved
     assert [e.data for e in evs[1:]] == ["1"]
-    assert broker.resets == 1
+    assert broker.stats.resets == 1
 
 
 def test_evicted_id_gets_reset() -> None:

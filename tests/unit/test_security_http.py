@@ -129,7 +129,7 @@ def test_publish_is_authorised_before_its_body(clock: Clock) -> None:
         )
     )
     assert c.status == 401 and b"WWW-Authenticate: Bearer" in c.transport.value()
-    assert c.channel.requests[-1].content is None and broker.published == 0
+    assert c.channel.requests[-1].content is None and broker.stats.published == 0
 
 
 def test_publish_content_length_over_max_body(clock: Clock) -> None:
@@ -161,7 +161,7 @@ def test_chunked_publish_is_cut_at_max_body(clock: Clock) -> None:
     request = c.channel.requests[-1]
     assert request.content.getvalue() == b""
     c.send(b"10\r\n" + b"b" * 16 + b"\r\n0\r\n\r\n")
-    assert broker.published == 0 and request.content.getvalue() == b""
+    assert broker.stats.published == 0 and request.content.getvalue() == b""
 
 
 def test_chunked_publish_within_max_body(clock: Clock) -> None:
@@ -174,7 +174,7 @@ def test_chunked_publish_within_max_body(clock: Clock) -> None:
         + body
         + b"\r\n0\r\n\r\n"
     )
-    assert b"200 OK" in c.transport.value() and broker.published == 1
+    assert b"200 OK" in c.transport.value() and broker.stats.published == 1
 
 
 def test_trickled_body_meets_the_request_deadline(clock: Clock) -> None:
@@ -189,7 +189,7 @@ def test_trickled_body_meets_the_request_deadline(clock: Clock) -> None:
     assert c.transport.value() == b""
     clock.advance(0.6)
     assert c.status == 408 and c.json() == {"error": "request body took too long"}
-    assert c.transport.disconnecting and broker.published == 0
+    assert c.transport.disconnecting and broker.stats.published == 0
 
 
 def test_deadline_rearmed_for_the_next_request(clock: Clock) -> None:
@@ -216,7 +216,7 @@ def test_small_refused_body_is_dropped_and_the_connection_goes_on(clock: Clock) 
     c.send(body[:5])
     c.send(body[5:] + head(b"GET", b"/health", {}))
     assert c.transport.value().count(b"HTTP/1.1 200 OK") == 1
-    assert c.channel.requests == [] and broker.published == 0
+    assert c.channel.requests == [] and broker.stats.published == 0
 
 
 def test_refusal_with_expect_continue_closes(clock: Clock) -> None:
@@ -236,7 +236,7 @@ def test_admitted_publish_gets_100_continue(clock: Clock) -> None:
     c = Raw(site).send(head(b"POST", b"/publish", hdrs))
     assert c.transport.value() == b"HTTP/1.1 100 Continue\r\n\r\n"
     c.send(body)
-    assert b"200 OK" in c.transport.value() and broker.published == 1
+    assert b"200 OK" in c.transport.value() and broker.stats.published == 1
 
 
 def test_plain_site_still_reads_bodies(clock: Clock) -> None:
@@ -462,7 +462,7 @@ def test_tokenless_publish_needs_a_loopback_host(clock: Clock, host: bytes, stat
     c = Raw(site).send(head(b"POST", b"/publish", hdrs, host=host) + body)
     assert c.status == status
     if status == 403:
-        assert "Host" in c.json()["error"] and broker.published == 0
+        assert "Host" in c.json()["error"] and broker.stats.published == 0
 
 
 def test_token_publish_accepts_any_host(clock: Clock) -> None:

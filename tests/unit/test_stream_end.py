@@ -135,7 +135,7 @@ def test_expiry_takes_the_stream_out_at_once_and_sends_nothing_later(clock: Cloc
     assert r.transport.disconnecting
     clock.advance(broker.close_timeout + 0.1)
     assert clock.getDelayedCalls() == []
-    assert broker.expired == 1
+    assert broker.stats.expired == 1
 
 
 def test_expiry_while_catching_up_aborts(clock: Clock) -> None:
@@ -170,7 +170,7 @@ def test_write_timeout_aborts_a_stalled_stream_only(clock: Clock) -> None:
         clock.advance(1)
     assert broker.client_count() == 1
     assert stuck.transport.disconnecting and not stuck.body()[1]
-    assert broker.write_timeouts == 1
+    assert broker.stats.write_timeouts == 1
     (left,) = broker._subscribers
     assert left.transport is reading.transport
     reading.conn.drop()
@@ -236,7 +236,7 @@ def test_notify_gap_tells_every_open_stream(clock: Clock) -> None:
     for c in (a, b):
         (reset,) = [e for e in c.events() if e.type == "sse.reset"]
         assert reset.data == '{"lastEventId":"5-0","reason":"trimmed"}'
-    assert broker.resets == 2
+    assert broker.stats.resets == 2
 
 
 def test_history_is_bounded_in_bytes_and_holds_each_event_once(clock: Clock) -> None:

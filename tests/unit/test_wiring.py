@@ -17,6 +17,7 @@ from twisted.web.server import Site
 import sse_twisted
 from sse_twisted import SSEBroker, SSEService, normalise_path
 from sse_twisted.logstream import LogStreamObserver
+from sse_twisted.resource import StreamResource
 from sse_twisted.tap import Options, makeService
 
 from .support import Conn, make_site
@@ -46,12 +47,13 @@ def test_exports() -> None:
     import importlib
 
     homes = {
-        "CORSPolicy": "cors", "Event": "event", "EventSource": "client",
-        "EventStreamParser": "parser", "HealthResource": "resource", "IHistory": "history",
-        "IRelay": "broker", "JWTAuth": "auth", "LogStreamObserver": "logstream",
-        "MemoryHistory": "history", "MessageEvent": "parser", "PublishResource": "resource",
+        "AllChannels": "access", "CORSPolicy": "cors", "Event": "event",
+        "EventSource": "client", "EventStreamParser": "parser", "HealthResource": "resource",
+        "IHistory": "history", "IRelay": "relay", "InvalidItem": "event", "Item": "event",
+        "JWTAuth": "auth", "LogStreamObserver": "logstream", "MemoryHistory": "history",
+        "MessageEvent": "parser", "PublishResource": "publish", "Published": "broker",
         "RateLimiter": "limits", "SSEBroker": "broker", "SSEService": "service",
-        "StreamResource": "resource", "Subscriber": "subscriber",
+        "Stats": "stats", "StreamResource": "resource", "Subscriber": "subscriber",
         "SubscriberLimits": "limits", "make_app": "app", "make_resource": "app",
         "normalise_path": "paths", "__version__": "_version",
     }  # fmt: skip
@@ -147,7 +149,11 @@ def test_make_service() -> None:
     )
     svc = makeService(o)
     assert isinstance(svc, SSEService)
-    assert (svc.broker.queue_size, svc.broker.overflow, svc.drain_timeout) == (7, "disconnect", 2)
+    assert (svc.broker.queue_size, svc.broker.overflow, svc.broker.drain_timeout) == (
+        7,
+        "disconnect",
+        2,
+    )
 
 
 def test_service_stops_listening_then_drains() -> None:
@@ -155,7 +161,7 @@ def test_service_stops_listening_then_drains() -> None:
     reactor = MemoryReactorClock()
     broker = SSEBroker(reactor=reactor, heartbeat=0)
     root = Resource()
-    root.putChild(b"events", broker.resource())
+    root.putChild(b"events", StreamResource(broker))
     svc = SSEService(
         "tcp:8123:interface=127.0.0.1", Site(root), broker, reactor=reactor, drain_timeout=1
     )
@@ -185,7 +191,7 @@ def test_service_stops_listening_then_drains() -> None:
 
 
 def test_klein_embedding() -> None:
-    """A Klein route that returns broker.resource() serves a stream beside other routes."""
+    """A Klein route that returns StreamResource(broker) serves a stream beside other routes."""
     clock = Clock()
     broker = SSEBroker(reactor=clock, heartbeat=0, id_prefix="k")
     app = Klein()
@@ -196,7 +202,7 @@ def test_klein_embedding() -> None:
 
     @app.route("/live/events")
     def events(request: object) -> object:
-        return broker.resource()
+        return StreamResource(broker)
 
     site = make_site(app.resource(), clock)
     assert b"hi" in Conn(site, b"/hello").head_and_body()[1]
@@ -209,12 +215,12 @@ def test_klein_embedding() -> None:
 
 
 def test_putchild_embedding() -> None:
-    """broker.resource() mounts with putChild at any depth."""
+    """StreamResource(broker) mounts with putChild at any depth."""
     clock = Clock()
     broker = SSEBroker(reactor=clock, heartbeat=0)
     root, api = Resource(), Resource()
     root.putChild(b"api", api)
-    api.putChild(b"stream", broker.resource())
+    api.putChild(b"stream", StreamResource(broker))
     sub = Conn(make_site(root, clock), b"/api/stream")
     broker.publish("c", "e", 2)
     assert [e.data for e in sub.events()] == ["2"]
@@ -225,7 +231,7 @@ def test_log_stream_observer() -> None:
     clock = Clock()
     broker = SSEBroker(reactor=clock, heartbeat=0)
     root = Resource()
-    root.putChild(b"events", broker.resource())
+    root.putChild(b"events", StreamResource(broker))
     sub = Conn(make_site(root, clock), b"/events?channel=logs")
     observer = LogStreamObserver(broker, "logs", lambda e: e.get("log_level") >= LogLevel.warn)
     log = Logger(namespace="app", observer=observer)
@@ -263,7 +269,7 @@ def test_client_logging_is_opt_in(on: bool) -> None:
         clock = Clock()
         broker = SSEBroker(reactor=clock, heartbeat=0, log_clients=on)
         root = Resource()
-        root.putChild(b"events", broker.resource())
+        root.putChild(b"events", StreamResource(broker))
         Conn(make_site(root, clock), b"/events?channel=a").drop()
     finally:
         globalLogPublisher.removeObserver(seen.append)

@@ -1,0 +1,191 @@
+"""
+Every touch of Twisted's internals, in one room.
+
+The fast path writes pre-built HTTP/1.1 chunks straight to a TCP socket, and
+draining needs to know when an HTTP/2 stream's frames are out; Twisted has
+no public API for either. Each use is probed once, at import, against the
+running Twisted; where a probe fails, the plain public path (C{transport.
+write}, C{request.write}, "done once finished") takes over, so a renamed
+attribute in a future Twisted costs speed, never an event half-way through
+a fan-out. Nothing else in the package reads a name with an underscore from
+another module.
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import Any
+
+from twisted.internet import tcp
+from twisted.web.http import HTTPChannel
+from twisted.web.server import Request
+
+try:
+    from fcntl import ioctl as _ioctl
+    from termios import TIOCOUTQ as _TIOCOUTQ
+except ImportError:  # pragma: no cover - not POSIX: only Twisted's buffer counts
+    _ioctl = None  # type: ignore[assignment]
+    _TIOCOUTQ = 0  # type: ignore[misc]
+
+__all__ = [
+    "FAST_TCP",
+    "chunk",
+    "chunk_writer",
+    "close_idle_h2",
+    "pending_bytes",
+    "probe_tcp",
+    "request_gone",
+    "stream_flushed",
+    "write_through",
+]
+
+_TCPServer = tcp.Server
+
+
+def probe_tcp(server_class: type = _TCPServer) -> bool:
+    """
+    Whether C{server_class} (Twisted's TCP server connection) has the buffer
+    fields and socket that L{write_through} and L{pending_bytes} read: as
+    class attributes, or assigned by an C{__init__} in its MRO.
+    """
+    assigned: set[str] = set()
+    for klass in getattr(server_class, "__mro__", ()):
+        code = getattr(klass.__dict__.get("__init__"), "__code__", None)
+        if code is not None:
+            assigned.update(code.co_names)
+    fields = ("_tempDataLen", "offset", "dataBuffer", "disconnecting", "connected", "socket")
+    return all(hasattr(server_class, name) or name in assigned for name in fields)
+
+
+#: Whether the TCP fast path is usable with the running Twisted.
+FAST_TCP = probe_tcp()
+
+
+def chunk(frame: bytes) -> bytes:
+    """C{frame} as one HTTP/1.1 chunk: what C{request.write} would send for it."""
+    return b"%x\r\n%s\r\n" % (len(frame), frame)
+
+
+def chunk_writer(request: Request) -> Any:
+    """
+    The transport to hand C{request}'s pre-built chunks to, once its headers
+    are out: a plain HTTP/1.1 chunked response on a connection of its own.
+    L{None} for anything else (HTTP/2, HTTP/1.0, a test double without a
+    transport), which then goes through C{request.write}.
+    """
+    channel = getattr(request, "channel", None)
+    if not isinstance(channel, HTTPChannel) or not getattr(request, "chunked", False):
+        return None
+    return getattr(channel, "transport", None)
+
+
+def write_through(transport: Any, data: bytes) -> None:
+    """
+    Write C{data} to C{transport}, sending at once when nothing is waiting in
+    its buffer.
+
+    Twisted's C{write} buffers the bytes and asks the reactor to watch the
+    socket for writability, then sends on the next loop and stops watching:
+    a send plus two C{epoll_ctl} calls per event per subscriber. Writing
+    through costs one C{send}; whatever the kernel does not take goes to
+    C{transport.write} as before, so ordering, buffering, flow control and
+    error handling stay Twisted's. Only for plain TCP connections whose
+    fields the import-time probe found; anything else gets its own C{write}.
+    """
+    if (
+        not FAST_TCP
+        or type(transport) is not _TCPServer
+        or transport._tempDataLen
+        or transport.offset < len(transport.dataBuffer)
+        or transport.disconnecting
+        or not transport.connected
+    ):
+        transport.write(data)
+        return
+    try:
+        sent = transport.socket.send(data)
+    except BlockingIOError:
+        sent = 0
+    except OSError:
+        transport.write(data)  # Twisted finds and reports the error as it writes
+        return
+    if sent < len(data):
+        transport.write(data[sent:])
+
+
+def _kernel_unsent(sock: Any) -> int:
+    """Bytes in the socket's kernel send queue not yet acknowledged (Linux); 0 elsewhere."""
+    if _ioctl is None:
+        return 0
+    try:
+        raw = _ioctl(sock.fileno(), _TIOCOUTQ, b"\0\0\0\0")
+    except (OSError, ValueError, AttributeError):
+        return 0
+    return int(struct.unpack("i", raw)[0])
+
+
+def pending_bytes(transport: Any) -> int | None:
+    """
+    Bytes written to C{transport} that the peer has not taken yet (Twisted's
+    buffer plus the kernel's send queue), or L{None} where that cannot be
+    known (TLS, HTTP/2, test transports, or a Twisted the probe refused).
+
+    Lets a stalled stream be told from a slow one: while a stream is paused
+    nothing new is written to its transport, so this number falls exactly
+    when the peer reads. The kernel's part matters: Linux grows a socket's
+    send buffer to megabytes and reports it writable only once much of it
+    has drained, so a slow reader can leave Twisted's buffer untouched for
+    seconds while it reads all the time.
+    """
+    if not FAST_TCP or type(transport) is not _TCPServer:
+        return None
+    buffered = len(transport.dataBuffer) - transport.offset + transport._tempDataLen
+    return int(buffered) + _kernel_unsent(transport.socket)
+
+
+def request_gone(request: Request) -> bool:
+    """
+    Whether C{request}'s connection is gone or its response is done: then
+    C{finish()} would raise. twisted.web forgets the channel in both cases.
+    """
+    return getattr(request, "channel", None) is None
+
+
+def _closed(transport: Any) -> bool:
+    return bool(getattr(transport, "disconnected", False)) or not getattr(
+        transport, "connected", True
+    )
+
+
+def stream_flushed(channel: Any, transport: Any) -> bool:
+    """
+    Whether a stream's bytes are all out: its TCP (or TLS) connection has
+    closed; or, for an HTTP/2 stream (no transport of its own), its
+    connection has forgotten it and has closed. Without the HTTP/2 internals
+    this probes, an HTTP/2 stream counts as flushed once its response
+    finished.
+    """
+    if transport is not None:
+        return _closed(transport)
+    conn = getattr(channel, "_conn", None)
+    streams = getattr(conn, "streams", None)
+    if streams is None:
+        return True
+    if getattr(channel, "streamID", None) in streams:
+        return False
+    return _closed(getattr(conn, "transport", None))
+
+
+def close_idle_h2(channel: Any) -> None:
+    """
+    Close the HTTP/2 connection of stream C{channel} once none of its streams
+    is left (draining ends every stream; the connection has no other reason
+    to stay). A no-op for anything else.
+    """
+    conn = getattr(channel, "_conn", None)
+    streams = getattr(conn, "streams", None)
+    transport = getattr(conn, "transport", None)
+    if streams is None or transport is None or streams:
+        return
+    if not getattr(transport, "disconnecting", True):
+        transport.loseConnection()
