@@ -27,7 +27,7 @@ from twisted.python.failure import Failure
 from twisted.web.server import NOT_DONE_YET, Request
 
 from ._reactor import default_reactor
-from .event import Event, InvalidItem, Item
+from .event import Event, InvalidItem, Item, takes_item_args
 from .history import DEFAULT_HISTORY_BYTES, IHistory, MemoryHistory
 from .relay import IRelay
 from .response import set_stream_headers, turn_away
@@ -382,18 +382,12 @@ class SSEBroker(Service):
         self._seq += 1
         return f"{self._prefix}-{self._seq}"
 
-    def publish(
-        self,
-        channel: str,
-        event: str | None = None,
-        data: Any = None,
-        *,
-        text: str | None = None,
-        id: str | None = None,
-        retry: int | None = None,
-    ) -> Event | Deferred[Event]:
+    @takes_item_args
+    def publish(self, item: Item) -> Event | Deferred[Event]:
         """
-        Publish one event to every subscriber of C{channel}.
+        Publish one event to every subscriber of its channel; the arguments
+        are L{Item.create}'s: C{(channel, event=None, data=None, *,
+        text=None, id=None, retry=None)}.
 
         C{data} is JSON-encoded once (compact, UTF-8); pass C{text} instead to
         send a str verbatim. Returns the event, its id included; with a
@@ -404,7 +398,6 @@ class SSEBroker(Service):
             wrong type.
         @raise ValueError: for a bad channel, CR/LF/NUL in C{event}/C{id}.
         """
-        item = Item.create(channel, event, data, text=text, id=id, retry=retry)
         done = self.publish_items([item]).addCallback(lambda published: published[0].event)
         if self.relay is not None:
             return done
@@ -463,25 +456,16 @@ class SSEBroker(Service):
             ]
         )
 
-    def publish_threadsafe(
-        self,
-        channel: str,
-        event: str | None = None,
-        data: Any = None,
-        *,
-        text: str | None = None,
-        id: str | None = None,
-        retry: int | None = None,
-    ) -> Future[Event]:
+    @takes_item_args
+    def publish_threadsafe(self, item: Item) -> Future[Event]:
         """
-        Publish from any thread; returns a L{concurrent.futures.Future} of the
-        event.
+        L{publish} from any thread (same arguments); returns a
+        L{concurrent.futures.Future} of the event.
 
         Validation and JSON encoding run in the calling thread (so bad data
         raises there, at once, and the reactor thread only frames and
         writes); the rest runs in the reactor thread via C{callFromThread}.
         """
-        item = Item.create(channel, event, data, text=text, id=id, retry=retry)
         future: Future[Event] = Future()
 
         def run() -> None:

@@ -13,11 +13,13 @@ become separate C{data:} lines, which a spec-following parser joins with LF.
 
 from __future__ import annotations
 
+import functools
+import inspect
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Concatenate, ParamSpec, TypeVar
 
 __all__ = [
     "DROPPED_EVENT",
@@ -308,6 +310,37 @@ class Item:
         )
 
 
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+_S = TypeVar("_S")
+
+
+def _with_args_of(
+    make: Callable[_P, Item],
+) -> Callable[[Callable[[_S, Item], _R]], Callable[Concatenate[_S, _P], _R]]:
+    def wrap(method: Callable[[_S, Item], _R]) -> Callable[Concatenate[_S, _P], _R]:
+        @functools.wraps(method)
+        def call(owner: _S, /, *args: _P.args, **kwargs: _P.kwargs) -> _R:
+            return method(owner, make(*args, **kwargs))
+
+        own = inspect.signature(method)
+        first = next(iter(own.parameters.values()))
+        made = inspect.signature(make)
+        call.__signature__ = made.replace(  # type: ignore[attr-defined]
+            parameters=[first, *made.parameters.values()],
+            return_annotation=own.return_annotation,
+        )
+        return call
+
+    return wrap
+
+
+#: Gives a method taking an L{Item} the arguments of L{Item.create} instead
+#: (channel, event, data, text, id, retry): the publish signature is spelled
+#: once, here, for L{Event.create} and the broker's publish methods.
+takes_item_args = _with_args_of(Item.create)
+
+
 @dataclass(frozen=True, slots=True)
 class Event:
     """
@@ -333,18 +366,10 @@ class Event:
         return "\n".join(line[6:] for line in lines if line.startswith("data: "))
 
     @classmethod
-    def create(
-        cls,
-        channel: str,
-        event: str | None = None,
-        data: Any = None,
-        *,
-        text: str | None = None,
-        id: str | None = None,
-        retry: int | None = None,
-    ) -> Event:
+    @takes_item_args
+    def create(cls, item: Item) -> Event:
         """
-        L{Item.create} then L{Item.framed}: an event in one call, for code that
-        chooses its own ids (tests, relays, custom histories).
+        L{Item.create}'s arguments, framed at once: an event in one call, for
+        code that chooses its own ids (tests, relays, custom histories).
         """
-        return Item.create(channel, event, data, text=text, id=id, retry=retry).framed()
+        return item.framed()

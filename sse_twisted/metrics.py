@@ -15,11 +15,10 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.process_collector import ProcessCollector
-from twisted.web.resource import Resource
 from twisted.web.server import Request
 
 from .broker import SSEBroker
-from .errors import error_response, method_not_allowed
+from .resource import ReadResource
 
 __all__ = ["BrokerCollector", "MetricsResource", "metrics_registry"]
 
@@ -138,17 +137,13 @@ def metrics_registry(
     return registry
 
 
-class MetricsResource(Resource):
-    """GET answers the Prometheus text format."""
-
-    isLeaf = True
+class MetricsResource(ReadResource):
+    """The Prometheus text format."""
 
     def __init__(self, registry: CollectorRegistry) -> None:
         super().__init__()
         self.registry = registry
 
-    def render(self, request: Request) -> bytes:
-        if request.method not in (b"GET", b"HEAD"):
-            return error_response(request, method_not_allowed(b"GET, HEAD"))
+    def read(self, request: Request) -> bytes:
         request.responseHeaders.setRawHeaders(b"content-type", [CONTENT_TYPE_LATEST.encode()])
         return generate_latest(self.registry)

@@ -22,6 +22,7 @@ __all__ = [
     "MAX_LAST_EVENT_ID",
     "HealthResource",
     "PageResource",
+    "ReadResource",
     "StreamResource",
 ]
 
@@ -170,36 +171,42 @@ class StreamResource(Resource):
         return grant
 
 
-class PageResource(Resource):
-    """A fixed page (the demo), answered to GET and HEAD."""
+class ReadResource(Resource):
+    """A leaf answered to GET and HEAD (L{read}); other methods get 405."""
 
     isLeaf = True
+
+    def render(self, request: Request) -> bytes:
+        if request.method not in (b"GET", b"HEAD"):
+            return error_response(request, method_not_allowed(b"GET, HEAD"))
+        return self.read(request)
+
+    def read(self, request: Request) -> bytes:
+        raise NotImplementedError
+
+
+class PageResource(ReadResource):
+    """A fixed page (the demo)."""
 
     def __init__(self, body: bytes, content_type: bytes) -> None:
         super().__init__()
         self.body = body
         self.content_type = content_type
 
-    def render(self, request: Request) -> bytes:
-        if request.method not in (b"GET", b"HEAD"):
-            return error_response(request, method_not_allowed(b"GET, HEAD"))
+    def read(self, request: Request) -> bytes:
         request.responseHeaders.setRawHeaders(b"content-type", [self.content_type])
         request.responseHeaders.setRawHeaders(b"cache-control", [b"no-cache"])
         return self.body
 
 
-class HealthResource(Resource):
-    """GET answers 200 while serving, 503 while draining (for load balancers)."""
-
-    isLeaf = True
+class HealthResource(ReadResource):
+    """200 while serving, 503 while draining or without the relay (for load balancers)."""
 
     def __init__(self, broker: SSEBroker) -> None:
         super().__init__()
         self.broker = broker
 
-    def render(self, request: Request) -> bytes:
-        if request.method not in (b"GET", b"HEAD"):
-            return error_response(request, method_not_allowed(b"GET, HEAD"))
+    def read(self, request: Request) -> bytes:
         if self.broker.draining:
             return json_response(request, 503, {"status": "draining", "clients": 0})
         relay = self.broker.relay
