@@ -4,7 +4,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from ..servers import SSEServer
+from ..support.processes import SSEServer
 
 
 @pytest.fixture

@@ -12,7 +12,7 @@ from sse_twisted._transport import write_through
 from sse_twisted.parser import EventStreamParser
 from sse_twisted.resource import StreamResource
 
-from ..servers import dechunk
+from ..support.processes import dechunk
 
 pytestmark = pytest.mark.e2e
 

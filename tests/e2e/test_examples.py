@@ -12,7 +12,7 @@ import pytest
 
 from sse_twisted.parser import EventStreamParser
 
-from ..servers import ROOT, Process, RawSubscriber
+from ..support.processes import ROOT, Process, RawSubscriber
 
 pytestmark = pytest.mark.e2e
 

@@ -16,8 +16,7 @@ from collections.abc import Callable, Iterator
 import jwt
 import pytest
 
-from ..servers import RawSubscriber, SSEServer
-from .faults_support import (
+from ..support.faults import (
     BackgroundPublisher,
     Crowd,
     Member,
@@ -34,6 +33,7 @@ from .faults_support import (
     subscribers,
     text_of,
 )
+from ..support.processes import RawSubscriber, SSEServer
 
 pytestmark = pytest.mark.e2e
 

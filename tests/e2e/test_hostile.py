@@ -29,7 +29,7 @@ from hypothesis import strategies as st
 
 from sse_twisted.parser import EventStreamParser
 
-from ..servers import RawSubscriber, SSEServer
+from ..support.processes import RawSubscriber, SSEServer
 
 pytestmark = pytest.mark.e2e
 

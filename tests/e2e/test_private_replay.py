@@ -16,7 +16,7 @@ import pytest
 
 from sse_twisted.parser import EventStreamParser, MessageEvent
 
-from ..servers import RawSubscriber, SSEServer
+from ..support.processes import RawSubscriber, SSEServer
 
 pytestmark = pytest.mark.e2e
 

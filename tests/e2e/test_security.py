@@ -18,7 +18,7 @@ from typing import Any
 import jwt
 import pytest
 
-from ..servers import RawSubscriber, SSEServer
+from ..support.processes import RawSubscriber, SSEServer
 
 pytestmark = pytest.mark.e2e
 

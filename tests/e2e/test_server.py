@@ -13,7 +13,7 @@ import pytest_twisted
 
 from sse_twisted.parser import EventStreamParser
 
-from ..servers import TWISTD, RawSubscriber, SSEServer
+from ..support.processes import TWISTD, RawSubscriber, SSEServer
 
 pytestmark = pytest.mark.e2e
 

@@ -22,7 +22,7 @@ import pytest
 import twisted
 from sse_twisted import __version__
 
-from ..servers import _PORT, TWISTD, Process
+from ..support.processes import _PORT, TWISTD, Process
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(90)]
 

@@ -30,7 +30,7 @@ from cryptography.x509.oid import NameOID
 
 from sse_twisted.parser import EventStreamParser
 
-from ..servers import TWISTD, Process, dechunk
+from ..support.processes import TWISTD, Process, dechunk
 
 pytestmark = pytest.mark.e2e
 

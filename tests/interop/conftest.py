@@ -18,8 +18,8 @@ from typing import Any, NoReturn
 
 import pytest
 
-from ..servers import SSEServer
-from .proxy import Proxy
+from ..support.processes import SSEServer
+from ..support.proxy import Proxy
 
 HERE = Path(__file__).resolve().parent
 CHROMIUM = os.environ.get("SSE_CHROMIUM", "/usr/bin/chromium")

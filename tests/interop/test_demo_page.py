@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
-from ..servers import SSEServer
-from .support import free_port
+from ..support.clients import free_port
+from ..support.processes import SSEServer
 
 pytestmark = pytest.mark.interop
 

@@ -12,9 +12,16 @@ from typing import Any
 
 import pytest
 
-from ..servers import SSEServer
-from .proxy import Proxy
-from .support import free_port, start_httpx_sse, start_sseclient, subscribe, wait_open, wait_seen
+from ..support.clients import (
+    free_port,
+    start_httpx_sse,
+    start_sseclient,
+    subscribe,
+    wait_open,
+    wait_seen,
+)
+from ..support.processes import SSEServer
+from ..support.proxy import Proxy
 
 pytestmark = pytest.mark.interop
 

@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
-from ..servers import SSEServer
-from .proxy import Proxy
+from ..support.processes import SSEServer
+from ..support.proxy import Proxy
 
 pytestmark = pytest.mark.interop
 

@@ -12,9 +12,9 @@ from typing import Any
 
 import pytest
 
-from ..servers import SSEServer
+from ..support.clients import seen, subscribe, wait_open, wait_seen
+from ..support.processes import SSEServer
 from .conftest import PAGE_TIMEOUT_MS
-from .support import seen, subscribe, wait_open, wait_seen
 
 pytestmark = pytest.mark.interop
 

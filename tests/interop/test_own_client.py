@@ -12,9 +12,9 @@ import pytest_twisted
 
 from sse_twisted.parser import MessageEvent
 
-from ..servers import SSEServer
-from .proxy import Proxy
-from .support import free_port
+from ..support.clients import free_port
+from ..support.processes import SSEServer
+from ..support.proxy import Proxy
 
 pytestmark = pytest.mark.interop
 

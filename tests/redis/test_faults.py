@@ -23,7 +23,7 @@ import pytest
 
 from sse_twisted.parser import EventStreamParser, MessageEvent
 
-from ..servers import RawSubscriber, SSEServer
+from ..support.processes import RawSubscriber, SSEServer
 from .conftest import RedisServer
 from .test_nodes import ping, wait
 

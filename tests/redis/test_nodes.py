@@ -14,7 +14,7 @@ import pytest
 import sse_twisted.tap
 from sse_twisted.parser import EventStreamParser
 
-from ..servers import RawSubscriber, SSEServer
+from ..support.processes import RawSubscriber, SSEServer
 from .conftest import REDIS_SERVER, RedisServer
 
 pytestmark = pytest.mark.e2e

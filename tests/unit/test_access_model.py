@@ -33,7 +33,7 @@ from sse_twisted.event import Event, Item
 from sse_twisted.history import MemoryHistory
 from sse_twisted.parser import EventStreamParser
 
-from .support import Conn, FillingTransport, dechunk, make_site
+from ..support.conn import Conn, FillingTransport, dechunk, make_site
 
 SECRET = "s3cret-for-tests-only-0123456789abcdef"
 CHANNELS = ["pub", "news", "priv-a", "priv-b", "team-x"]

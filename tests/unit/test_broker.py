@@ -19,7 +19,7 @@ from sse_twisted.parser import EventStreamParser
 from sse_twisted.resource import StreamResource
 from sse_twisted.subscriber import Subscriber
 
-from .support import Conn, make_site
+from ..support.conn import Conn, make_site
 
 
 @pytest.fixture

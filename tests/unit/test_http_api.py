@@ -10,7 +10,7 @@ from twisted.internet.task import Clock
 from sse_twisted import SSEBroker
 from sse_twisted.app import make_app, make_resource
 
-from .support import Conn, make_site
+from ..support.conn import Conn, make_site
 
 JSON = {b"content-type": b"application/json"}
 
@@ -271,7 +271,7 @@ def test_metrics(clock: Clock) -> None:
     assert page.header(b"content-type").startswith(b"text/plain")  # type: ignore[union-attr]
     body = page.head_and_body()[1]
     if page.header(b"transfer-encoding") == b"chunked":
-        from .support import dechunk
+        from ..support.conn import dechunk
 
         body = dechunk(body)[0]
     values = {

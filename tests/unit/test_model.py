@@ -68,13 +68,13 @@ from sse_twisted.history import MemoryHistory
 from sse_twisted.resource import StreamResource
 from sse_twisted.subscriber import OVERFLOW_POLICIES
 
-from .flow import (
+from ..support.conn import make_site
+from ..support.flow import (
     Ledger,
     Session,
     check_session,
     frame_size,
 )
-from .support import make_site
 
 #: Known bugs the model lets pass while their fix is under way (each then has
 #: a strict xfail test below; see check_session for what each lets through):

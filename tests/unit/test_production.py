@@ -18,7 +18,7 @@ from sse_twisted.limits import RateLimiter, SubscriberLimits
 from sse_twisted.parser import EventStreamParser
 from sse_twisted.site import SSESite
 
-from .support import Conn, make_site
+from ..support.conn import Conn, make_site
 
 JSON = {b"content-type": b"application/json"}
 SECRET = "s3cret-for-tests-only-0123456789abcdef"

@@ -15,7 +15,7 @@ from sse_twisted.app import make_resource
 from sse_twisted.event import Event, Item
 from sse_twisted.history import MemoryHistory
 
-from .support import Conn, make_site
+from ..support.conn import Conn, make_site
 
 JSON = {b"content-type": b"application/json"}
 

@@ -15,7 +15,7 @@ from sse_twisted.event import Event
 from sse_twisted.history import MemoryHistory
 from sse_twisted.resource import StreamResource
 
-from .support import Conn, make_site
+from ..support.conn import Conn, make_site
 
 
 def setup(clock: Clock, **kwargs: object) -> tuple[SSEBroker, object]:

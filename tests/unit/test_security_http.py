@@ -27,7 +27,7 @@ from sse_twisted.cors import CORSPolicy
 from sse_twisted.limits import DEFAULT_MAX_CHANNELS, RateLimiter, SubscriberLimits
 from sse_twisted.site import SSESite, redact_uri
 
-from .support import Conn, make_site
+from ..support.conn import Conn, make_site
 
 SECRET = "s3cret-for-tests-only-0123456789abcdef"
 JSON = b"application/json"

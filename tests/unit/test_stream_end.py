@@ -17,7 +17,7 @@ from sse_twisted.app import make_resource
 from sse_twisted.auth import JWTAuth
 from sse_twisted.parser import EventStreamParser
 
-from .support import Conn, FillingTransport, dechunk, make_site
+from ..support.conn import Conn, FillingTransport, dechunk, make_site
 
 SECRET = "s3cret-for-tests-only-0123456789abcdef"
 

@@ -20,7 +20,7 @@ from sse_twisted.logstream import LogStreamObserver
 from sse_twisted.resource import StreamResource
 from sse_twisted.tap import Options, makeService
 
-from .support import Conn, make_site
+from ..support.conn import Conn, make_site
 
 
 @pytest.mark.parametrize(

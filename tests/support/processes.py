@@ -18,9 +18,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .unit.support import dechunk as _dechunk
+from .conn import dechunk as _dechunk
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 TWISTD = str(Path(sys.executable).with_name("twistd"))
 _PORT = re.compile(r"listening on (?:IPv4Address\(.*?port=)?(\d+)")
 

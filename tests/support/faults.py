@@ -25,7 +25,7 @@ from typing import Any
 
 from sse_twisted.parser import EventStreamParser, MessageEvent
 
-from ..servers import SSEServer
+from .processes import SSEServer
 
 MiB = 1024 * 1024
 
