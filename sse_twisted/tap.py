@@ -2,22 +2,25 @@
 
 from __future__ import annotations
 
-import contextlib
 import importlib.util
-import math
 import os
-import re
 import sys
-from typing import Any
 
-from cryptography.exceptions import UnsupportedAlgorithm
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from twisted.application.service import IService
 from twisted.copyright import version as twisted_version
-from twisted.internet.endpoints import serverFromString
 from twisted.python import usage
 
+from ._options import (
+    check_cookie_name,
+    check_endpoint_in,
+    check_origin,
+    check_token,
+    count,
+    endpoint_description,
+    load_public_key,
+    rate,
+    seconds,
+)
 from ._version import __version__
 from .app import make_resource
 from .auth import JWTAuth
@@ -32,180 +35,6 @@ from .site import SSESite
 from .subscriber import OVERFLOW_POLICIES
 
 __all__ = ["Options", "makeService"]
-
-
-def _port(value: str) -> str:
-    """An int means TCP on all interfaces; anything else is an endpoint string."""
-    value = value.strip()
-    if value.isdigit():
-        return f"tcp:{value}"
-    return value
-
-
-class _ReactorNeeded(Exception):
-    pass
-
-
-class _NoReactor:
-    """Stands in for the reactor while an endpoint description is parsed."""
-
-    def __getattr__(self, name: str) -> Any:
-        raise _ReactorNeeded(name)
-
-
-def _check_endpoint(description: str) -> None:
-    """
-    Parse C{description} as L{SSEService} will, without a reactor or a bind.
-
-    Twisted's own endpoint parsers only record their reactor, so a stand-in
-    does: an unknown type, a bad parameter or a missing TLS key file is then a
-    usage error rather than a traceback at start. (A plugin's parser that uses
-    the reactor at once is left to fail, if it does, at start.) A TCP port
-    outside 0-65535 is only refused by C{bind()}, so it is checked here too.
-    """
-    try:
-        endpoint = serverFromString(_NoReactor(), description)
-    except _ReactorNeeded:
-        return
-    except Exception as e:
-        if description.startswith("systemd:") and isinstance(e, IndexError):
-            reason = "systemd passed no such socket (LISTEN_FDS)"
-        else:
-            reason = str(e) or type(e).__name__
-        raise usage.UsageError(
-            f"--port {description!r} is not a usable endpoint: {reason}"
-        ) from None
-    # The port of tcp:, tcp6: and ssl: endpoints (a private attribute: if it
-    # is absent, bind() will still say it at start).
-    number = getattr(endpoint, "_port", None)
-    if isinstance(number, int) and not 0 <= number <= 65535:
-        raise usage.UsageError(f"--port {description!r}: port must be 0-65535, got {number}")
-
-
-def _count(name: str, *, least: int = 0) -> Any:
-    """An integer option that must be at least C{least} (0 or 1)."""
-    what = "a positive integer" if least == 1 else "a non-negative integer"
-
-    def coerce(value: str) -> int:
-        try:
-            n = int(value)
-        except ValueError:
-            raise usage.UsageError(f"--{name} must be {what}, got {value!r}") from None
-        if n < least:
-            raise usage.UsageError(f"--{name} must be {what}, got {n}")
-        return n
-
-    coerce.coerceDoc = what[0].upper() + what[1:] + "."  # type: ignore[attr-defined]
-    return coerce
-
-
-def _number(name: str, unit: str, *, positive: bool = False) -> Any:
-    """A finite float option, non-negative (or, with C{positive}, above 0)."""
-    doc = f"{unit[0].upper()}{unit[1:]} (a {'positive' if positive else 'non-negative'} number)."
-
-    def coerce(value: str) -> float:
-        try:
-            n = float(value)
-        except ValueError:
-            raise usage.UsageError(f"--{name} must be a number of {unit}, got {value!r}") from None
-        if not math.isfinite(n):  # NaN, inf
-            raise usage.UsageError(f"--{name} must be a finite, non-negative number, got {value}")
-        if n < 0:
-            raise usage.UsageError(f"--{name} must not be negative, got {value}")
-        if positive and n == 0:
-            raise usage.UsageError(f"--{name} must be more than 0 {unit}, got {value}")
-        return n
-
-    coerce.coerceDoc = doc  # type: ignore[attr-defined]
-    return coerce
-
-
-def _seconds(name: str, *, positive: bool = False) -> Any:
-    return _number(name, "seconds", positive=positive)
-
-
-def _rate(name: str) -> Any:
-    return _number(name, "requests per second")
-
-
-def _check_origin(origin: str) -> str:
-    """
-    A --cors-origin as browsers send it in C{Origin}: C{*}, or
-    C{scheme://host[:port]} in ASCII (an international name in its punycode
-    form), without a path: anything else could never match, so every
-    cross-origin client would be refused in silence.
-    """
-    origin = origin.strip().rstrip("/")
-    if origin == "*":
-        return origin
-    if not origin.isascii():
-        hint = ""
-        scheme, sep, host = origin.partition("://")
-        if sep:
-            with contextlib.suppress(UnicodeError):
-                hint = f" (in ASCII: {scheme}://{host.encode('idna').decode('ascii')})"
-        raise usage.UsageError(
-            f"--cors-origin {origin!r} is not ASCII: give the host in its punycode form{hint}"
-        )
-    if not _ORIGIN.fullmatch(origin):
-        raise usage.UsageError(
-            f"--cors-origin {origin!r} is not an origin: give '*' or scheme://host[:port], "
-            "without a path (as browsers send it in the Origin header)"
-        )
-    return origin
-
-
-_ORIGIN = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s/?#@]+|null")
-#: A cookie name is an RFC 9110 token.
-_COOKIE_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
-#: Characters that cannot be sent in a header field or a cookie as given.
-_BAD_TOKEN_CHARS = re.compile(r"[\x00-\x20\x7f]")
-
-
-def _check_token(option: str, token: str) -> None:
-    """A secret to compare with what clients send: not empty, printable ASCII, no spaces."""
-    if not token:
-        raise usage.UsageError(f"{option} must not be empty (leave the option out instead)")
-    if not token.isascii() or _BAD_TOKEN_CHARS.search(token):
-        raise usage.UsageError(
-            f"{option} must be printable ASCII without spaces (clients send it in a header)"
-        )
-
-
-def _load_public_key(path: str) -> bytes:
-    """
-    The PEM bytes of an RSA or EC public key, read and parsed now: a file
-    that is not one would otherwise be found out only as every subscriber's
-    401, with nothing in the log.
-    """
-    try:
-        with open(path, "rb") as f:
-            pem = f.read()
-    except OSError as e:
-        raise usage.UsageError(f"cannot read --jwt-public-key: {e}") from None
-    try:
-        key = serialization.load_pem_public_key(pem)
-    except (ValueError, TypeError, UnsupportedAlgorithm):
-        try:
-            serialization.load_pem_private_key(pem, password=None)
-        except (ValueError, TypeError, UnsupportedAlgorithm):
-            private = False
-        else:
-            private = True
-        if private:
-            raise usage.UsageError(
-                f"--jwt-public-key {path} holds a private key: give its public key "
-                "(openssl pkey -in KEY -pubout), and keep the private one off the server"
-            ) from None
-        raise usage.UsageError(
-            f"--jwt-public-key {path} is not a PEM public key (-----BEGIN PUBLIC KEY-----)"
-        ) from None
-    if not isinstance(key, (rsa.RSAPublicKey, ec.EllipticCurvePublicKey)):
-        raise usage.UsageError(
-            f"--jwt-public-key {path} is a {type(key).__name__}: RS256 needs an RSA key, "
-            "ES256 an EC key"
-        )
-    return pem
 
 
 class Options(usage.Options):
@@ -232,7 +61,7 @@ class Options(usage.Options):
             "tcp:8080",
             "Port number or Twisted endpoint description "
             "(tcp:8080:interface=127.0.0.1, ssl:8443:privateKey=key.pem, unix:/run/sse.sock, ...).",
-            _port,
+            endpoint_description,
         ],
         ["path", None, "/events", "URL path of the event stream."],
         ["publish-path", None, "/publish", "URL path for publishing (POST)."],
@@ -250,14 +79,14 @@ class Options(usage.Options):
             None,
             DEFAULT_MAX_BODY,
             "Largest publish body in bytes.",
-            _count("max-body"),
+            count("max-body"),
         ],
         [
             "queue-size",
             None,
             64,
             "Events queued per paused subscriber.",
-            _count("queue-size", least=1),
+            count("queue-size", least=1),
         ],
         [
             "overflow",
@@ -271,35 +100,35 @@ class Options(usage.Options):
             None,
             1000,
             "Recent events kept for resuming clients (Last-Event-ID); 0 turns it off.",
-            _count("history"),
+            count("history"),
         ],
         [
             "history-ttl",
             None,
             0.0,
             "Seconds after which a kept event is forgotten; 0 keeps it until pushed out.",
-            _seconds("history-ttl"),
+            seconds("history-ttl"),
         ],
         [
             "history-bytes",
             None,
             DEFAULT_HISTORY_BYTES,
             "Most bytes of events the history holds (the oldest go first); 0: no byte bound.",
-            _count("history-bytes"),
+            count("history-bytes"),
         ],
         [
             "heartbeat",
             None,
             15.0,
             "Seconds between heartbeat comments; 0 turns them off.",
-            _seconds("heartbeat"),
+            seconds("heartbeat"),
         ],
         [
             "retry",
             None,
             2000,
             "Reconnection delay (ms) sent to clients as a stream opens.",
-            _count("retry"),
+            count("retry"),
         ],
         [
             "header-timeout",
@@ -307,28 +136,28 @@ class Options(usage.Options):
             10.0,
             "Seconds a client has to send a whole request, headers and body "
             "(slowloris guard); 0: no limit.",
-            _seconds("header-timeout"),
+            seconds("header-timeout"),
         ],
         [
             "max-clients",
             None,
             0,
             "Most open streams; beyond it a subscriber is told to retry later. 0: no limit.",
-            _count("max-clients"),
+            count("max-clients"),
         ],
         [
             "max-clients-per-ip",
             None,
             0,
             "Most open streams per peer address. 0: no limit.",
-            _count("max-clients-per-ip"),
+            count("max-clients-per-ip"),
         ],
         [
             "max-channels",
             None,
             DEFAULT_MAX_CHANNELS,
             "Most channels in one subscription (more: 400). 0: no limit.",
-            _count("max-channels"),
+            count("max-channels"),
         ],
         [
             "publish-rate",
@@ -336,7 +165,7 @@ class Options(usage.Options):
             0.0,
             "Publish requests per second allowed per token (or per peer without one); "
             "more get 429. 0: no limit.",
-            _rate("publish-rate"),
+            rate("publish-rate"),
         ],
         [
             "publish-burst",
@@ -344,7 +173,7 @@ class Options(usage.Options):
             0,
             "Requests a publisher may send at once before --publish-rate applies "
             "(0: the rate, rounded, at least 1).",
-            _count("publish-burst"),
+            count("publish-burst"),
         ],
         [
             "redis",
@@ -366,7 +195,7 @@ class Options(usage.Options):
             None,
             5.0,
             "Seconds that stopping waits for streams to end before aborting them.",
-            _seconds("drain-timeout"),
+            seconds("drain-timeout"),
         ],
         [
             "write-timeout",
@@ -374,14 +203,14 @@ class Options(usage.Options):
             0.0,
             "Abort a stream whose socket has taken no byte for this many seconds "
             "(a peer gone without a FIN); 0 turns it off.",
-            _seconds("write-timeout"),
+            seconds("write-timeout"),
         ],
         [
             "redis-timeout",
             None,
             5.0,
             "Seconds to wait for Redis to connect or answer before a publish gets 503.",
-            _seconds("redis-timeout", positive=True),
+            seconds("redis-timeout", positive=True),
         ],
     ]
 
@@ -410,7 +239,7 @@ class Options(usage.Options):
 
     def opt_cors_origin(self, origin: str) -> None:
         """Let this origin (scheme://host[:port], or *: publish needs a token) in; repeatable."""
-        self["cors-origin"].append(_check_origin(origin))
+        self["cors-origin"].append(check_origin(origin))
 
     def opt_version(self) -> None:
         """Print the versions of sse_twisted and Twisted, and exit."""
@@ -422,26 +251,6 @@ class Options(usage.Options):
         """Channels matching this glob need a JWT to subscribe; repeatable."""
         self["private-channel"].append(pattern)
 
-    def _check_port(self) -> None:
-        """
-        Check --port from the folder twistd will bind it in: the endpoint
-        (a TLS key file, a UNIX socket) is opened after twistd's C{--rundir}
-        took effect. Under C{--chroot} its paths are not ours to see.
-        """
-        twistd = self.parent
-        if twistd is not None and twistd.get("chroot"):
-            return
-        rundir = twistd.get("rundir", ".") if twistd is not None else "."
-        here = os.getcwd()
-        try:
-            os.chdir(rundir)
-        except OSError:
-            return  # twistd says so itself as it starts
-        try:
-            _check_endpoint(self["port"])
-        finally:
-            os.chdir(here)
-
     def postOptions(self) -> None:
         if self["overflow"] not in OVERFLOW_POLICIES:
             raise usage.UsageError(
@@ -450,7 +259,7 @@ class Options(usage.Options):
             )
         if self["overflow"] == "catchup" and self["history"] == 0:
             raise usage.UsageError("--overflow catchup needs a history (--history N, N > 0)")
-        self._check_port()
+        check_endpoint_in(self["port"], self.parent)
         if self["redis"]:
             # find_spec, not an import: txredisapi imports (so installs) the
             # global reactor, which is not ours to choose while parsing.
@@ -478,19 +287,15 @@ class Options(usage.Options):
         if self["jwt-cookie"] is not None:
             if not jwt:
                 raise usage.UsageError("--jwt-cookie needs --jwt-secret or --jwt-public-key")
-            if not _COOKIE_NAME.fullmatch(self["jwt-cookie"]):
-                raise usage.UsageError(
-                    f"--jwt-cookie {self['jwt-cookie']!r} is not a cookie name "
-                    "(ASCII letters, digits and !#$%&'*+-.^_`|~)"
-                )
+            check_cookie_name(self["jwt-cookie"])
         if self["jwt-public-key"] is not None:
-            self["jwt-public-key-pem"] = _load_public_key(self["jwt-public-key"])
+            self["jwt-public-key-pem"] = load_public_key(self["jwt-public-key"])
         if self["publish-token"] is not None:
-            _check_token("--publish-token", self["publish-token"])
+            check_token("--publish-token", self["publish-token"])
         else:
             self["publish-token"] = os.environ.get("SSE_PUBLISH_TOKEN") or None
             if self["publish-token"] is not None:
-                _check_token("$SSE_PUBLISH_TOKEN", self["publish-token"])
+                check_token("$SSE_PUBLISH_TOKEN", self["publish-token"])
         paths = [
             normalise_path(self["path"]),
             normalise_path(self["publish-path"], "/publish"),
@@ -540,7 +345,7 @@ def makeService(options: Options) -> IService:
             private=options["private-channel"],
             allow_no_exp=bool(options["jwt-allow-no-exp"]),
         )
-    rate = (
+    publish_rate = (
         RateLimiter(options["publish-rate"], options["publish-burst"] or None)
         if options["publish-rate"]
         else None
@@ -559,7 +364,7 @@ def makeService(options: Options) -> IService:
             options["max-clients"], options["max-clients-per-ip"], options["max-channels"]
         ),
         auth=auth,
-        publish_rate=rate,
+        publish_rate=publish_rate,
     )
     site = SSESite(
         root, header_timeout=options["header-timeout"], access_log=bool(options["access-log"])

@@ -387,12 +387,12 @@ def test_late_listen_failure_stops_the_reactor(logged: list[dict[str, Any]]) -> 
 
 def test_endpoint_plugin_that_needs_the_reactor(monkeypatch: pytest.MonkeyPatch) -> None:
     """An endpoint parser that uses the reactor at once is left to start-up, not refused."""
-    import sse_twisted.tap
+    import sse_twisted._options
 
     def parser(reactor: Any, description: str) -> Any:
         return reactor.callLater  # as a plugin's parser might
 
-    monkeypatch.setattr(sse_twisted.tap, "serverFromString", parser)
+    monkeypatch.setattr(sse_twisted._options, "serverFromString", parser)
     assert parse("--port", "someplugin:x")["port"] == "someplugin:x"
 
 
