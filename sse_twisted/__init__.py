@@ -12,7 +12,7 @@ from typing import Any
 from ._version import __version__
 from .access import AllChannels
 from .auth import JWTAuth
-from .broker import Published, SSEBroker
+from .broker import SSEBroker
 from .client import EventSource
 from .cors import CORSPolicy
 from .event import Event, InvalidItem, Item
@@ -22,6 +22,7 @@ from .logstream import LogStreamObserver
 from .parser import EventStreamParser, MessageEvent
 from .paths import normalise_path
 from .publish import PublishResource
+from .publishing import Published
 from .relay import IRelay
 from .resource import HealthResource, StreamResource
 from .service import SSEService

@@ -15,9 +15,8 @@ from __future__ import annotations
 import os
 import random
 import time
-from collections.abc import Collection, Container, Iterable, Mapping, Sequence
-from concurrent.futures import Future
-from typing import Any, NamedTuple
+from collections.abc import Container, Iterable, Sequence
+from typing import Any
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, succeed
@@ -27,14 +26,17 @@ from twisted.python.failure import Failure
 from twisted.web.server import NOT_DONE_YET, Request
 
 from ._reactor import default_reactor
-from .event import Event, InvalidItem, Item, takes_item_args
+from .ending import StreamEnds
+from .event import Event, InvalidItem, Item
 from .history import DEFAULT_HISTORY_BYTES, IHistory, MemoryHistory
+from .index import SubscriberIndex
+from .publishing import Published, Publishing
 from .relay import IRelay
 from .response import set_stream_headers, turn_away
 from .stats import Stats
-from .subscriber import OVERFLOW_POLICIES, Overflow, Subscriber, deliver
+from .subscriber import OVERFLOW_POLICIES, Overflow, Subscriber
 
-__all__ = ["HEARTBEAT", "Published", "SSEBroker"]
+__all__ = ["HEARTBEAT", "SSEBroker"]
 
 #: The comment block written to every subscriber on each heartbeat.
 HEARTBEAT = b": heartbeat\n\n"
@@ -53,20 +55,7 @@ def _run_prefix() -> str:
     return out + "".join(digits[b % 36] for b in os.urandom(2))
 
 
-class Published(NamedTuple):
-    """One published event: its id, and how many of this node's subscribers it went to."""
-
-    item: Item
-    id: str
-    clients: int
-
-    @property
-    def event(self) -> Event:
-        """The event as subscribers receive it (framed on demand)."""
-        return self.item.framed(self.id)
-
-
-class SSEBroker(Service):
+class SSEBroker(Publishing, Service):
     """
     Holds open event streams and publishes events to them.
 
@@ -156,25 +145,26 @@ class SSEBroker(Service):
         self.overflow: Overflow = overflow
         self.heartbeat_interval = heartbeat
         self.retry = retry
-        self.write_timeout = write_timeout
-        self.close_timeout = close_timeout
         self.drain_timeout = drain_timeout
         #: The counters (read by L{sse_twisted.metrics} at scrape time).
         self.stats = Stats()
         self._reactor = reactor
         self._prefix = _run_prefix() if id_prefix is None else id_prefix
         self._seq = 0
-        self._subscribers: set[Subscriber] = set()
-        # Subscribers of every channel: those that may read all of them, and
-        # those whose reading is decided per channel (private channels).
-        self._all: set[Subscriber] = set()
-        self._all_checked: set[Subscriber] = set()
-        self._by_channel: dict[str, set[Subscriber]] = {}
+        self._index = SubscriberIndex(on_empty=self._stop_timers)
+        # Read by tests (the index's own collections, never replaced).
+        self._subscribers = self._index.subscribers
+        self._all = self._index.everything
+        self._by_channel = self._index.by_channel
+        self._ends = StreamEnds(
+            self.stats,
+            lambda: self.reactor,
+            write_timeout=write_timeout,
+            close_timeout=close_timeout,
+            retry=self.jittered_retry,
+        )
         self._heartbeat: LoopingCall | None = None
         self._sweeper: LoopingCall | None = None
-        # Removals asked for while dispatch walks the index wait until it is done.
-        self._dispatching = False
-        self._removals: list[Subscriber] = []
         self._draining = False
         self._drained: Deferred[None] | None = None
         opening = b": connected\n"
@@ -248,14 +238,14 @@ class SSEBroker(Service):
             overflow=self.overflow,
             history=self.history,
             stats=self.stats,
-            on_end=self._remove,
+            on_end=self._index.remove,
             readable=readable if wanted is None else None,
         )
         self._add(sub)
         request.registerProducer(sub, True)
         request.notifyFinish().addBoth(self._gone, sub)
         if expires is not None:
-            self._expire_at(sub, expires)
+            self._ends.expire_at(sub, expires)
         request.write(self._opening)
         sub.start(last_event_id)
         if self.log_clients:
@@ -271,43 +261,19 @@ class SSEBroker(Service):
         return turn_away(request, reason, self.jittered_retry())
 
     def _add(self, sub: Subscriber) -> None:
-        self._subscribers.add(sub)
-        if sub.channels is None:
-            (self._all if sub.readable is None else self._all_checked).add(sub)
-        else:
-            for channel in sub.channels:
-                self._by_channel.setdefault(channel, set()).add(sub)
+        self._index.add(sub)
         if self._heartbeat is None and self.heartbeat_interval > 0:
             self._heartbeat = self._every(self.heartbeat_interval, self._beat)
         if self._sweeper is None and self.write_timeout > 0:
-            self._sweeper = self._every(max(self.write_timeout / 4, 0.05), self._sweep)
+            self._sweeper = self._every(
+                max(self.write_timeout / 4, 0.05), lambda: self._ends.sweep(self._index)
+            )
 
     def _every(self, seconds: float, f: Any) -> LoopingCall:
         call = LoopingCall(f)
         call.clock = self.reactor
         call.start(seconds, now=False)
         return call
-
-    def _remove(self, sub: Subscriber) -> None:
-        """Take C{sub} out of the index (at once, or as soon as dispatch is done)."""
-        if sub not in self._subscribers:
-            return
-        if self._dispatching:
-            self._removals.append(sub)
-            return
-        self._subscribers.discard(sub)
-        if sub.channels is None:
-            self._all.discard(sub)
-            self._all_checked.discard(sub)
-        else:
-            for channel in sub.channels:
-                members = self._by_channel.get(channel)
-                if members is not None:
-                    members.discard(sub)
-                    if not members:
-                        del self._by_channel[channel]
-        if not self._subscribers:
-            self._stop_timers()
 
     def _gone(self, result: Failure | None, sub: Subscriber) -> None:
         """The request finished or its connection was lost: forget it."""
@@ -318,62 +284,17 @@ class SSEBroker(Service):
 
     def client_count(self, channel: str | None = None) -> int:
         """Open streams in all, or those that receive C{channel}."""
-        if channel is None:
-            return len(self._subscribers)
-        checked = sum(1 for s in self._all_checked if s.may_read(channel))
-        return len(self._all) + checked + len(self._by_channel.get(channel, ()))
+        return self._index.count(channel)
 
-    # How streams end, besides the client leaving
+    @property
+    def write_timeout(self) -> float:
+        """Seconds a paused stream's socket may take no byte (C{0}: never)."""
+        return self._ends.write_timeout
 
-    def _expire_at(self, sub: Subscriber, when: float) -> None:
-        clock = self.reactor
-        call = clock.callLater(max(0.0, when - clock.seconds()), self._expire, sub)
-
-        def cancel(result: object) -> None:
-            if call.active():
-                call.cancel()
-
-        sub.request.notifyFinish().addBoth(cancel)
-
-    def _expire(self, sub: Subscriber) -> None:
-        """
-        The stream's token expired: nothing more is sent to it. What it was
-        owed from before goes out and the stream ends, unless it must be read
-        from the history (the client then resumes with a fresh token) or its
-        bytes do not go out within L{close_timeout}: then it is aborted.
-        """
-        if sub.ended:
-            return
-        self.stats.expired += 1
-        if sub.catching_up:
-            sub.abort()
-            return
-        sub.close()
-        if not sub.closed():
-            self.reactor.callLater(self.close_timeout, self._abort_if_open, sub)
-
-    def _abort_if_open(self, sub: Subscriber) -> None:
-        if not sub.closed():
-            self.log.info(
-                "SSE client {peer} did not take its last bytes in {timeout}s: aborted",
-                peer=sub.peer(),
-                timeout=self.close_timeout,
-            )
-            sub.abort()
-
-    def _sweep(self) -> None:
-        """Abort the streams whose socket has taken no byte for L{write_timeout}."""
-        now = self.reactor.seconds()
-        limit = self.write_timeout
-        for sub in [s for s in self._subscribers if s.paused]:
-            if sub.stalled_for(now) >= limit:
-                self.stats.write_timeouts += 1
-                self.log.info(
-                    "SSE client {peer} took no byte for {timeout}s: aborted",
-                    peer=sub.peer(),
-                    timeout=limit,
-                )
-                sub.abort()
+    @property
+    def close_timeout(self) -> float:
+        """Seconds an expired stream has to take its last bytes."""
+        return self._ends.close_timeout
 
     # Publishing: one path
 
@@ -381,50 +302,6 @@ class SSEBroker(Service):
         """Reserve the next id: unique and increasing within this broker."""
         self._seq += 1
         return f"{self._prefix}-{self._seq}"
-
-    @takes_item_args
-    def publish(self, item: Item) -> Event | Deferred[Event]:
-        """
-        Publish one event to every subscriber of its channel; the arguments
-        are L{Item.create}'s: C{(channel, event=None, data=None, *,
-        text=None, id=None, retry=None)}.
-
-        C{data} is JSON-encoded once (compact, UTF-8); pass C{text} instead to
-        send a str verbatim. Returns the event, its id included; with a
-        relay, a Deferred of it, fired once the relay stored it (and failed
-        if it could not: never a silent drop).
-
-        @raise TypeError: if JSON cannot encode C{data}, or a field has the
-            wrong type.
-        @raise ValueError: for a bad channel, CR/LF/NUL in C{event}/C{id}.
-        """
-        done = self.publish_items([item]).addCallback(lambda published: published[0].event)
-        if self.relay is not None:
-            return done
-        return _result(done)
-
-    def publish_text(
-        self,
-        channel: str,
-        event: str | None,
-        text: str,
-        *,
-        id: str | None = None,
-        retry: int | None = None,
-    ) -> Event | Deferred[Event]:
-        """Publish C{text} verbatim (plain text, or HTML fragments for htmx)."""
-        return self.publish(channel, event, text=text, id=id, retry=retry)
-
-    def publish_many(self, items: Sequence[Mapping[str, Any]]) -> Deferred[list[Event]]:
-        """
-        Publish a batch of mappings (keys as L{publish}'s arguments), all or
-        none; a Deferred of the events.
-
-        @raise InvalidItem: for a bad item (its C{index} says which); nothing
-            is published.
-        """
-        checked = [Item.from_mapping(item, index) for index, item in enumerate(items)]
-        return self.publish_items(checked).addCallback(lambda done: [p.event for p in done])
 
     def publish_items(self, items: Sequence[Item]) -> Deferred[list[Published]]:
         """
@@ -456,34 +333,6 @@ class SSEBroker(Service):
             ]
         )
 
-    @takes_item_args
-    def publish_threadsafe(self, item: Item) -> Future[Event]:
-        """
-        L{publish} from any thread (same arguments); returns a
-        L{concurrent.futures.Future} of the event.
-
-        Validation and JSON encoding run in the calling thread (so bad data
-        raises there, at once, and the reactor thread only frames and
-        writes); the rest runs in the reactor thread via C{callFromThread}.
-        """
-        future: Future[Event] = Future()
-
-        def run() -> None:
-            if not future.set_running_or_notify_cancel():
-                return
-            try:
-                done = self.publish_items([item])
-            except BaseException as e:  # hand every failure to the waiting thread
-                future.set_exception(e)
-                return
-            done.addCallbacks(
-                lambda published: future.set_result(published[0].event),
-                lambda f: future.set_exception(f.value),
-            )
-
-        self.reactor.callFromThread(run)
-        return future
-
     def dispatch(self, event: Event) -> int:
         """
         Write C{event}'s frame to every matching subscriber (the relay's
@@ -497,20 +346,7 @@ class SSEBroker(Service):
         stats.published += 1
         if self.history is not None and event.id is not None:
             self.history.append(event)
-        channel = event.channel
-        groups: list[Collection[Subscriber] | None] = [self._all, self._by_channel.get(channel)]
-        if self._all_checked:
-            # The one authorisation decision, as on every other path.
-            groups.append([s for s in self._all_checked if s.may_read(channel)])
-        self._dispatching = True
-        try:
-            sent = deliver(groups, event)
-        finally:
-            self._dispatching = False
-            if self._removals:
-                removals, self._removals = self._removals, []
-                for sub in removals:
-                    self._remove(sub)
+        sent = self._index.deliver(event)
         stats.delivered += sent
         stats.bytes_sent += sent * len(event.frame)
         return sent
@@ -524,7 +360,7 @@ class SSEBroker(Service):
         @return: how many streams were told.
         """
         told = 0
-        for sub in list(self._subscribers):
+        for sub in self._index:
             told += sub.notify_gap(last_id, reason)
         self.stats.resets += told
         return told
@@ -533,7 +369,7 @@ class SSEBroker(Service):
 
     def _beat(self) -> None:
         sent = 0
-        for sub in list(self._subscribers):
+        for sub in self._index:
             sent += sub.send_unqueued(HEARTBEAT)
         self.stats.heartbeats += sent
 
@@ -560,49 +396,8 @@ class SSEBroker(Service):
         C{timeout} seconds are aborted. Returns a Deferred that fires when
         all are gone.
         """
-        if self._drained is not None:
-            return self._drained
-        self._draining = True
-        self._stop_timers()
-        subs = list(self._subscribers)
-        for sub in subs:
-            try:
-                sub.close(b"retry: %d\n\n" % self.jittered_retry())
-            except Exception:
-                self.log.failure("Error while closing an SSE stream")
-        waiting = [s for s in subs if not s.closed()]
-        if not waiting:
-            self._drained = succeed(None)
-            return self._drained
-        self._drained = Deferred()
-        clock = self.reactor
-        deadline = clock.seconds() + timeout
-
-        def poll() -> None:
-            nonlocal waiting
-            for sub in waiting:
-                sub.close_idle_connection()
-            waiting = [s for s in waiting if not s.closed()]
-            if waiting and clock.seconds() < deadline:
-                clock.callLater(_DRAIN_POLL, poll)
-                return
-            for sub in waiting:
-                self.log.warn(
-                    "SSE client {peer} still open at drain deadline: aborted", peer=sub.peer()
-                )
-                sub.abort()
-            assert self._drained is not None
-            self._drained.callback(None)
-
-        clock.callLater(0, poll)
+        if self._drained is None:
+            self._draining = True
+            self._stop_timers()
+            self._drained = self._ends.drain(self._index, timeout)
         return self._drained
-
-
-def _result(done: Deferred[Event]) -> Event:
-    """The result of a Deferred that has fired (or its error, raised)."""
-    results: list[Event] = []
-    failures: list[Failure] = []
-    done.addCallbacks(results.append, failures.append)
-    if failures:
-        failures[0].raiseException()
-    return results[0]

@@ -18,11 +18,12 @@ from twisted.web.server import NOT_DONE_YET, Request
 
 from ._transport import request_gone
 from .auth import Grant, JWTAuth, PublishAuth
-from .broker import Published, SSEBroker
+from .broker import SSEBroker
 from .cors import CORSPolicy
 from .errors import HTTPError, error_response, json_response, method_not_allowed
 from .event import InvalidItem, Item
 from .limits import RateLimiter
+from .publishing import Published
 from .relay import BatchTooLarge
 
 __all__ = ["DEFAULT_MAX_BODY", "PublishResource"]

@@ -51,7 +51,7 @@ def test_exports() -> None:
         "EventSource": "client", "EventStreamParser": "parser", "HealthResource": "resource",
         "IHistory": "history", "IRelay": "relay", "InvalidItem": "event", "Item": "event",
         "JWTAuth": "auth", "LogStreamObserver": "logstream", "MemoryHistory": "history",
-        "MessageEvent": "parser", "PublishResource": "publish", "Published": "broker",
+        "MessageEvent": "parser", "PublishResource": "publish", "Published": "publishing",
         "RateLimiter": "limits", "SSEBroker": "broker", "SSEService": "service",
         "Stats": "stats", "StreamResource": "resource", "Subscriber": "subscriber",
         "SubscriberLimits": "limits", "make_app": "app", "make_resource": "app",

@@ -1,0 +1,131 @@
+"""
+The ways to publish, all on top of one path (L{Publishing.publish_items}):
+one event with keyword arguments, text verbatim, a batch of mappings, and
+from another thread.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from concurrent.futures import Future
+from typing import Any, NamedTuple
+
+from twisted.internet.defer import Deferred
+from twisted.python.failure import Failure
+
+from .event import Event, Item, takes_item_args
+from .relay import IRelay
+
+__all__ = ["Published", "Publishing"]
+
+
+class Published(NamedTuple):
+    """One published event: its id, and how many of this node's subscribers it went to."""
+
+    item: Item
+    id: str
+    clients: int
+
+    @property
+    def event(self) -> Event:
+        """The event as subscribers receive it (framed on demand)."""
+        return self.item.framed(self.id)
+
+
+class Publishing:
+    """
+    The publishing API of L{sse_twisted.SSEBroker}: every form validates
+    once (L{Item}) and goes through L{publish_items}, which the broker
+    implements.
+    """
+
+    relay: IRelay | None
+
+    @property
+    def reactor(self) -> Any:
+        raise NotImplementedError
+
+    def publish_items(self, items: Sequence[Item]) -> Deferred[list[Published]]:
+        raise NotImplementedError
+
+    @takes_item_args
+    def publish(self, item: Item) -> Event | Deferred[Event]:
+        """
+        Publish one event to every subscriber of its channel; the arguments
+        are L{Item.create}'s: C{(channel, event=None, data=None, *,
+        text=None, id=None, retry=None)}.
+
+        C{data} is JSON-encoded once (compact, UTF-8); pass C{text} instead to
+        send a str verbatim. Returns the event, its id included; with a
+        relay, a Deferred of it, fired once the relay stored it (and failed
+        if it could not: never a silent drop).
+
+        @raise TypeError: if JSON cannot encode C{data}, or a field has the
+            wrong type.
+        @raise ValueError: for a bad channel, CR/LF/NUL in C{event}/C{id}.
+        """
+        done = self.publish_items([item]).addCallback(lambda published: published[0].event)
+        if self.relay is not None:
+            return done
+        return _result(done)
+
+    def publish_text(
+        self,
+        channel: str,
+        event: str | None,
+        text: str,
+        *,
+        id: str | None = None,
+        retry: int | None = None,
+    ) -> Event | Deferred[Event]:
+        """Publish C{text} verbatim (plain text, or HTML fragments for htmx)."""
+        return self.publish(channel, event, text=text, id=id, retry=retry)
+
+    def publish_many(self, items: Sequence[Mapping[str, Any]]) -> Deferred[list[Event]]:
+        """
+        Publish a batch of mappings (keys as L{publish}'s arguments), all or
+        none; a Deferred of the events.
+
+        @raise InvalidItem: for a bad item (its C{index} says which); nothing
+            is published.
+        """
+        checked = [Item.from_mapping(item, index) for index, item in enumerate(items)]
+        return self.publish_items(checked).addCallback(lambda done: [p.event for p in done])
+
+    @takes_item_args
+    def publish_threadsafe(self, item: Item) -> Future[Event]:
+        """
+        L{publish} from any thread (same arguments); returns a
+        L{concurrent.futures.Future} of the event.
+
+        Validation and JSON encoding run in the calling thread (so bad data
+        raises there, at once, and the reactor thread only frames and
+        writes); the rest runs in the reactor thread via C{callFromThread}.
+        """
+        future: Future[Event] = Future()
+
+        def run() -> None:
+            if not future.set_running_or_notify_cancel():
+                return
+            try:
+                done = self.publish_items([item])
+            except BaseException as e:  # hand every failure to the waiting thread
+                future.set_exception(e)
+                return
+            done.addCallbacks(
+                lambda published: future.set_result(published[0].event),
+                lambda f: future.set_exception(f.value),
+            )
+
+        self.reactor.callFromThread(run)
+        return future
+
+
+def _result(done: Deferred[Event]) -> Event:
+    """The result of a Deferred that has fired (or its error, raised)."""
+    results: list[Event] = []
+    failures: list[Failure] = []
+    done.addCallbacks(results.append, failures.append)
+    if failures:
+        failures[0].raiseException()
+    return results[0]
