@@ -1,0 +1,63 @@
+"""The local mirror of the stream's tail: the history a resume is answered from."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..event import Event
+from ..history import MemoryHistory
+from .entries import stream_id_key
+
+__all__ = ["StreamHistory"]
+
+
+class StreamHistory(MemoryHistory):
+    """
+    The local mirror of the stream's last entries: an L{IHistory} whose
+    lookups stay synchronous for the broker.
+
+    Entries are held in stream order; appending an event whose id is not newer
+    than the newest held is a no-op, so the reader and the broker's own
+    C{dispatch} may both append the same event. With C{ttl}, an entry is
+    forgotten C{ttl} seconds after the time in its stream id.
+
+    @param size: entries kept (the stream's C{MAXLEN}).
+    @param ttl: seconds; C{0} keeps entries until pushed out.
+    @param reactor: an C{IReactorTime} for the TTL; the global reactor when
+        L{None}.
+    """
+
+    def __init__(self, size: int = 1000, ttl: float = 0, reactor: Any = None) -> None:
+        super().__init__(size, ttl, reactor)
+        self._newest: tuple[int, int] | None = None
+        self._newest_id: str | None = None
+
+    @property
+    def newest_id(self) -> str | None:
+        """The id of the newest event ever appended since the last L{clear}."""
+        return self._newest_id
+
+    def append(self, event: Event) -> None:
+        """
+        Remember C{event}, unless an event at least as new is already held.
+
+        @raise ValueError: if its id is not a Redis stream id.
+        """
+        if event.id is None:
+            raise ValueError("only events with stream ids can be held in a StreamHistory")
+        key = stream_id_key(event.id)
+        if self._newest is not None and key <= self._newest:
+            return
+        self._newest = key
+        self._newest_id = event.id
+        super().append(event)
+
+    def _stamp(self, event: Event) -> float:
+        """The time in the stream id: the TTL counts from when Redis stored it."""
+        assert event.id is not None
+        return stream_id_key(event.id)[0] / 1000
+
+    def clear(self) -> None:
+        super().clear()
+        self._newest = None
+        self._newest_id = None
