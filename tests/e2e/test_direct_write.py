@@ -12,7 +12,7 @@ from sse_twisted._transport import write_through
 from sse_twisted.parser import EventStreamParser
 from sse_twisted.resource import StreamResource
 
-from ..support.processes import dechunk
+from ..support.chunks import chunk_data
 
 pytestmark = pytest.mark.e2e
 
@@ -70,7 +70,7 @@ async def test_slow_reader_gets_every_byte_in_order(
             return data
 
         raw = await deferToThread(read_all)
-        events = EventStreamParser().feed(dechunk(raw.partition(b"\r\n\r\n")[2]))
+        events = EventStreamParser().feed(chunk_data(raw.partition(b"\r\n\r\n")[2]))
         assert [e.data for e in events] == [f"{n}:{payload}" for n in range(300)]
         assert [e.last_event_id for e in events] == [f"{broker._prefix}-{n}" for n in range(1, 301)]
     finally:

@@ -26,14 +26,13 @@ from ..support.faults import (
     assert_no_silent_gap,
     metric,
     open_fds,
-    poll,
     raise_fd_limit,
     rss,
     settled_fds,
     subscribers,
     text_of,
 )
-from ..support.processes import RawSubscriber, SSEServer
+from ..support.processes import RawSubscriber, SSEServer, wait
 
 pytestmark = pytest.mark.e2e
 
@@ -104,7 +103,7 @@ def test_churn_leaves_no_trace(servers: list[SSEServer]) -> None:
     publisher.start()
     churn(server, crowd, WARM_UP_WAVES)
     warmed_up = publisher.finish()
-    poll(lambda: subscribers(server) == 0, 10, "streams back to 0 after the warm-up")
+    wait(lambda: subscribers(server) == 0, "streams back to 0 after the warm-up", 10)
     base_fds = settled_fds(pid)
     base_rss = rss(pid)
     warm_joined = crowd.joined
@@ -116,8 +115,8 @@ def test_churn_leaves_no_trace(servers: list[SSEServer]) -> None:
     churned = time.monotonic() - start
     published = publisher.finish()
 
-    settle = poll(lambda: subscribers(server) == 0, 10, "sse_subscribers back to 0")
-    poll(lambda: open_fds(pid) <= base_fds, 10, f"open fds back to {base_fds}")
+    settle = wait(lambda: subscribers(server) == 0, "sse_subscribers back to 0", 10)
+    wait(lambda: open_fds(pid) <= base_fds, f"open fds back to {base_fds}", 10)
     end_fds = open_fds(pid)
     end_rss = rss(pid)
     print(
@@ -208,7 +207,7 @@ def test_stuck_peer_keeps_memory_bounded(servers: list[SSEServer], policy: str) 
     warm.read_head()
     publish_in_step(server, warm, 0, EVENTS, lambda: None)
     warm.close()
-    poll(lambda: subscribers(server) == 0, 10, "the warm-up reader gone")
+    wait(lambda: subscribers(server) == 0, "the warm-up reader gone", 10)
     base_rss = rss(pid)
 
     stuck = stuck_stream(server)
@@ -307,7 +306,7 @@ def test_write_timeout_aborts_a_stuck_stream_and_frees_its_slot(servers: list[SS
     turned_away = RawSubscriber(server, "/events?channel=big").read_to_close()
     assert b"server full" in turned_away, turned_away
 
-    poll(lambda: subscribers(server) == 0, 10, "the stuck stream aborted")
+    wait(lambda: subscribers(server) == 0, "the stuck stream aborted", 10)
     gone = time.monotonic()
     print(
         f"write timeout 2s: stalled within {stalled - start:.2f}s of the first publish, "
@@ -449,7 +448,7 @@ def test_a_stream_ends_with_its_token(servers: list[SSEServer], reads: str) -> N
     assert time.time() < exp - 0.5, "publishing before exp took too long for this test"
     assert subscribers(server) == 1
 
-    poll(lambda: subscribers(server) == 0, exp - time.time() + 5, "the expired stream gone")
+    wait(lambda: subscribers(server) == 0, "the expired stream gone", exp - time.time() + 5)
     late = time.time() - exp
     assert late < 1.0, f"the expired stream was still counted {late:.2f}s after exp"
 

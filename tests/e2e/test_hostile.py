@@ -29,6 +29,7 @@ from hypothesis import strategies as st
 
 from sse_twisted.parser import EventStreamParser
 
+from ..support.chunks import chunks
 from ..support.processes import RawSubscriber, SSEServer
 
 pytestmark = pytest.mark.e2e
@@ -93,14 +94,12 @@ def well_formed_chunks(raw: bytes) -> bytes:
     assert sep and head.startswith(b"HTTP/1.1 200 "), head
     assert b"transfer-encoding: chunked" in head.lower()
     out = b""
-    while body:
-        size_line, sep, rest = body.partition(b"\r\n")
-        assert sep and re.fullmatch(rb"[0-9a-f]+", size_line), body[:80]
-        size = int(size_line, 16)
-        assert size > 0, "the canary's stream ended"
-        assert rest[size : size + 2] == b"\r\n", body[:80]
-        out += rest[:size]
-        body = rest[size + 2 :]
+    end = 0
+    for chunk in chunks(body, strict=True):
+        assert chunk.data, "the canary's stream ended"
+        out += chunk.data
+        end = chunk.end
+    assert end == len(body), body[end : end + 80]
     return out
 
 
@@ -159,17 +158,13 @@ def _read_response(sock: socket.socket, buf: bytes, deadline: float) -> tuple[An
     if headers.get("content-type", "").startswith("text/event-stream"):
         return (status, headers, None), b""  # a stream: the caller closes it
     if headers.get("transfer-encoding", "").lower() == "chunked":
-        body = b""
         while True:
-            while b"\r\n" not in buf:
-                assert more(), "closed inside a chunked body"
-            size_line, _, buf = buf.partition(b"\r\n")
-            size = int(size_line, 16)
-            while len(buf) < size + 2:
-                assert more(), "closed inside a chunk"
-            body, buf = body + buf[:size], buf[size + 2 :]
-            if size == 0:
+            got = list(chunks(buf))
+            # Complete once the last chunk and the empty trailer's CRLF are in.
+            if got and not got[-1].data and len(buf) >= got[-1].end + 2:
+                body, buf = b"".join(c.data for c in got), buf[got[-1].end + 2 :]
                 break
+            assert more(), "closed inside a chunked body"
     else:
         length = int(headers.get("content-length", "0"))
         while len(buf) < length:

@@ -30,7 +30,8 @@ from cryptography.x509.oid import NameOID
 
 from sse_twisted.parser import EventStreamParser
 
-from ..support.processes import TWISTD, Process, dechunk
+from ..support.chunks import chunk_data
+from ..support.processes import TWISTD, Process
 
 pytestmark = pytest.mark.e2e
 
@@ -181,7 +182,7 @@ def test_http11_over_tls(tls_server: TLSServer) -> None:
 
         tls_server.proc.send_signal(signal.SIGTERM)
         read_until(b"0\r\n\r\n")  # the end of the chunked response
-    body = dechunk(data.partition(b"\r\n\r\n")[2])
+    body = chunk_data(data.partition(b"\r\n\r\n")[2])
     parser = EventStreamParser()
     assert [(e.type, e.data, e.last_event_id) for e in parser.feed(body)] == [
         ("e", "[1]", event_id)

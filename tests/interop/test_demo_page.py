@@ -9,8 +9,7 @@ from typing import Any
 
 import pytest
 
-from ..support.clients import free_port
-from ..support.processes import SSEServer
+from ..support.processes import SSEServer, free_port
 
 pytestmark = pytest.mark.interop
 

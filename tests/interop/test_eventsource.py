@@ -13,14 +13,13 @@ from typing import Any
 import pytest
 
 from ..support.clients import (
-    free_port,
     start_httpx_sse,
     start_sseclient,
     subscribe,
     wait_open,
     wait_seen,
 )
-from ..support.processes import SSEServer
+from ..support.processes import SSEServer, free_port
 from ..support.proxy import Proxy
 
 pytestmark = pytest.mark.interop

@@ -12,8 +12,7 @@ import pytest_twisted
 
 from sse_twisted.parser import MessageEvent
 
-from ..support.clients import free_port
-from ..support.processes import SSEServer
+from ..support.processes import SSEServer, free_port
 from ..support.proxy import Proxy
 
 pytestmark = pytest.mark.interop

@@ -14,7 +14,8 @@ from sse_twisted import SSEBroker
 from sse_twisted.event import Event, InvalidItem, Item
 from sse_twisted.redis import RedisBus, RedisUnavailable, stream_id_key
 
-from .conftest import Node, RedisServer, _reactor, free_port, pause, wait_until
+from ..support.processes import free_port
+from ..support.redis_server import Node, RedisServer, global_reactor, pause, wait_until
 
 STREAM_ID = re.compile(r"^\d+-\d+$")
 
@@ -24,7 +25,7 @@ def item(n: int, channel: str = "news", **kw: Any) -> Item:
 
 
 async def publish(node: Node, items: list[Item]) -> list[str]:
-    return await node.bus.publish(items).addTimeout(10, _reactor())
+    return await node.bus.publish(items).addTimeout(10, global_reactor())
 
 
 def warnings(log: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -55,7 +56,7 @@ async def test_two_nodes_receive_in_one_order_exactly_once(
             a.bus.publish(odd),
             b.bus.publish([item(4), item(5), item(6)]),
         ]
-    ).addTimeout(10, _reactor())
+    ).addTimeout(10, global_reactor())
     ids = [i for batch in published for i in batch]
     assert len(ids) == 10
     # A sentinel published last: once a node has it, it has everything before it.
@@ -390,7 +391,7 @@ async def test_dropped_connection_resumes_from_last_id(
 @pytest_twisted.ensureDeferred
 async def test_stop_leaves_nothing_behind(redis_server: RedisServer) -> None:
     """stop() closes both connections and leaves no delayed call on the reactor."""
-    reactor = _reactor()
+    reactor = global_reactor()
     before = set(reactor.getDelayedCalls())
     bus = RedisBus(redis_server.url)
     bus.start()
@@ -496,7 +497,7 @@ async def test_rediss_url_uses_tls(
 @pytest_twisted.ensureDeferred
 async def test_stop_from_on_event(redis_server: RedisServer, nodes: Any) -> None:
     """on_event may stop the bus: nothing more is delivered and nothing keeps running."""
-    reactor = _reactor()
+    reactor = global_reactor()
     before = set(reactor.getDelayedCalls())
     a = await nodes(redis_server.url).ready()
     stopped: list[Any] = []

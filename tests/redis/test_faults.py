@@ -16,16 +16,15 @@ import socket
 import struct
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 
 from sse_twisted.parser import EventStreamParser, MessageEvent
 
-from ..support.processes import RawSubscriber, SSEServer
-from .conftest import RedisServer
-from .test_nodes import ping, wait
+from ..support.processes import RawSubscriber, SSEServer, wait
+from ..support.redis_server import RedisServer, ping
 
 pytestmark = pytest.mark.e2e
 
@@ -129,36 +128,6 @@ def metrics(server: SSEServer) -> dict[str, float]:
 def redis_lines(server: SSEServer) -> list[str]:
     """The node's log lines from the Redis bus."""
     return [line for line in server.lines if "[sse_twisted.redis." in line]
-
-
-# Fixtures
-
-
-@pytest.fixture
-def redis(redis_binary: str) -> Iterator[RedisServer]:
-    server = RedisServer()
-    server.spawn()
-    wait(lambda: ping(server.port), "redis-server answering")
-    yield server
-    if server.proc is not None and server.proc.poll() is None:
-        os.kill(server.proc.pid, signal.SIGCONT)
-    server.kill()
-
-
-@pytest.fixture
-def node() -> Iterator[Callable[..., SSEServer]]:
-    started: list[SSEServer] = []
-
-    def start(url: str, *args: str, ready: bool = True) -> SSEServer:
-        srv = SSEServer("--redis", url, "--heartbeat", "0", "--retry", "200", *args)
-        started.append(srv)
-        if ready:
-            wait(lambda: srv.request("GET", "/health")[0] == 200, "node ready")
-        return srv
-
-    yield start
-    for srv in started:
-        srv.stop(signal.SIGKILL if srv.proc.poll() is None else signal.SIGTERM)
 
 
 # 1. Log words and behaviour agree

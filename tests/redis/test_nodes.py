@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import json
 import signal
-import socket
-import time
-from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -14,56 +11,10 @@ import pytest
 import sse_twisted.tap
 from sse_twisted.parser import EventStreamParser
 
-from ..support.processes import RawSubscriber, SSEServer
-from .conftest import REDIS_SERVER, RedisServer
+from ..support.processes import RawSubscriber, wait
+from ..support.redis_server import REDIS_SERVER, RedisServer
 
 pytestmark = pytest.mark.e2e
-
-
-def ping(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=1) as s:
-            s.sendall(b"PING\r\n")
-            return s.recv(64).startswith(b"+PONG")
-    except OSError:
-        return False
-
-
-def wait(predicate: Callable[[], bool], what: str, timeout: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise TimeoutError(what)
-        time.sleep(0.05)
-
-
-@pytest.fixture
-def redis(redis_binary: str) -> Iterator[RedisServer]:
-    server = RedisServer()
-    server.spawn()
-    wait(lambda: ping(server.port), "redis-server answering")
-    yield server
-    server.kill()
-
-
-@pytest.fixture
-def node() -> Iterator[Callable[..., SSEServer]]:
-    started: list[SSEServer] = []
-
-    def start(
-        redis: RedisServer, *args: str, port: int | None = None, ready: bool = True
-    ) -> SSEServer:
-        srv = SSEServer(
-            "--redis", redis.url, "--heartbeat", "0", "--retry", "200", *args, port=port
-        )
-        started.append(srv)
-        if ready:
-            wait(lambda: srv.request("GET", "/health")[0] == 200, "node ready")
-        return srv
-
-    yield start
-    for srv in started:
-        srv.stop()
 
 
 def events(sub: RawSubscriber) -> list[tuple[str, str, str]]:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import http.client
-import socket
 import threading
 from dataclasses import dataclass, field
 from typing import Any
@@ -66,13 +65,6 @@ def wait_seen(
 
 def seen(page: Any, key: str) -> list[dict[str, str]]:
     return list(page.evaluate("(k) => window.seen[k]", key))
-
-
-def free_port() -> int:
-    """A loopback port that was free a moment ago (bind to 0, close)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass

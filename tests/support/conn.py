@@ -15,27 +15,12 @@ from twisted.web.server import Site
 
 from sse_twisted.parser import EventStreamParser, MessageEvent
 
+from .chunks import dechunk
+
 
 def make_site(resource: IResource, clock: Clock) -> Site:
     """A Site on C{clock} with no idle timeout, so only our timers are pending."""
     return Site(resource, reactor=clock, timeout=None)
-
-
-def dechunk(body: bytes) -> tuple[bytes, bool]:
-    """Decode the complete chunks of a chunked body; also say if it ended."""
-    out = b""
-    while body:
-        line, sep, rest = body.partition(b"\r\n")
-        if not sep:
-            break
-        size = int(line, 16)
-        if size == 0:
-            return out, True
-        if len(rest) < size + 2:
-            break
-        out += rest[:size]
-        body = rest[size + 2 :]
-    return out, False
 
 
 class FillingTransport(StringTransport):

@@ -25,6 +25,7 @@ from typing import Any
 
 from sse_twisted.parser import EventStreamParser, MessageEvent
 
+from .chunks import chunks
 from .processes import SSEServer
 
 MiB = 1024 * 1024
@@ -82,20 +83,6 @@ def subscribers(server: SSEServer) -> int:
     return int(metric(server, "sse_subscribers"))
 
 
-def poll(check: Callable[[], bool], timeout: float, what: str, interval: float = 0.02) -> float:
-    """
-    Wait until C{check()} is true, at most C{timeout} seconds (a real process
-    offers nothing to await); return the seconds it took.
-    """
-    start = time.monotonic()
-    deadline = start + timeout
-    while not check():
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"not within {timeout}s: {what}")
-        time.sleep(interval)
-    return time.monotonic() - start
-
-
 def raise_fd_limit(wanted: int) -> None:
     """Raise this process's soft fd limit to C{wanted} (within the hard limit)."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -138,19 +125,13 @@ class StreamDecoder:
             self.head = bytes(buf[:end])
             del buf[: end + 4]
         pos = 0
-        while not self.ended:
-            eol = buf.find(b"\r\n", pos)
-            if eol < 0:
-                break
-            size = int(buf[pos:eol], 16)
-            if size == 0:
-                self.ended = True
-                pos = eol + 2
-                break
-            if len(buf) < eol + 2 + size + 2:
-                break
-            self.events += self._parser.feed(bytes(buf[eol + 2 : eol + 2 + size]))
-            pos = eol + 2 + size + 2
+        if not self.ended:
+            for chunk in chunks(buf):
+                pos = chunk.end
+                if not chunk.data:
+                    self.ended = True
+                    break
+                self.events += self._parser.feed(chunk.data)
         del buf[:pos]
 
 

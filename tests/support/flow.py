@@ -39,6 +39,8 @@ from sse_twisted.event import Event
 from sse_twisted.parser import EventStreamParser
 from sse_twisted.subscriber import Subscriber
 
+from .chunks import chunks
+
 DROPPED = "sse.dropped"
 RESET = "sse.reset"
 
@@ -244,20 +246,12 @@ class Connection:
         status = head.split(b" ", 2)[1]
         if status != b"200" or b"text/event-stream" not in head.lower():
             raise ContractViolation(f"stream answered {head!r}")
-        pos = head_end + 4
         items: list[Item] = []
-        while True:
-            line_end = raw.find(b"\r\n", pos)
-            if line_end < 0:
-                return items, None
-            size = int(raw[pos:line_end], 16)
-            start = line_end + 2
-            if size == 0:
-                return items, self.transport.stamp_at(pos)
-            if len(raw) < start + size + 2:
-                return items, None
-            stamp = self.transport.stamp_at(pos)
-            for ev in parser.feed(raw[start : start + size]):
+        for chunk in chunks(raw, head_end + 4):
+            stamp = self.transport.stamp_at(chunk.start)
+            if not chunk.data:
+                return items, stamp
+            for ev in parser.feed(chunk.data):
                 if ev.type == DROPPED:
                     items.append(Item(DROPPED, stamp, count=json.loads(ev.data)["dropped"]))
                 elif ev.type == RESET:
@@ -274,7 +268,7 @@ class Connection:
                             data=ev.data,
                         )
                     )
-            pos = start + size + 2
+        return items, None
 
 
 @dataclass

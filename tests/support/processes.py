@@ -15,19 +15,39 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from .conn import dechunk as _dechunk
+from .chunks import chunk_data
 
 ROOT = Path(__file__).resolve().parents[2]
 TWISTD = str(Path(sys.executable).with_name("twistd"))
 _PORT = re.compile(r"listening on (?:IPv4Address\(.*?port=)?(\d+)")
 
 
-def dechunk(body: bytes) -> bytes:
-    """The payload of the complete chunks of an HTTP/1.1 chunked body."""
-    return _dechunk(body)[0]
+def free_port() -> int:
+    """A loopback port that was free a moment ago (bind to 0, close)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait(
+    check: Callable[[], object], what: str, timeout: float = 15.0, interval: float = 0.02
+) -> float:
+    """
+    Poll C{check()} until it is true, at most C{timeout} seconds (a real
+    process offers nothing to await); return the seconds it took, or raise
+    C{TimeoutError} naming C{what}.
+    """
+    start = time.monotonic()
+    deadline = start + timeout
+    while not check():
+        if time.monotonic() >= deadline:
+            raise TimeoutError(f"not within {timeout}s: {what}")
+        time.sleep(interval)
+    return time.monotonic() - start
 
 
 class Process:
@@ -143,9 +163,9 @@ class SSEServer(Process):
             hdrs = {"Content-Type": "application/json", **(headers or {})}
             conn.request(method, path, body=data, headers=hdrs)
             resp = conn.getresponse()
-            payload = resp.read()
+            content = resp.read()
             ctype = resp.getheader("content-type", "")
-            value = json.loads(payload) if ctype.startswith("application/json") else payload
+            value = json.loads(content) if ctype.startswith("application/json") else content
             return resp.status, {k.lower(): v for k, v in resp.getheaders()}, value
         finally:
             conn.close()
@@ -210,7 +230,7 @@ class RawSubscriber:
 
     def body(self) -> bytes:
         """The event-stream bytes, with HTTP/1.1 chunking removed."""
-        return dechunk(self.data.partition(b"\r\n\r\n")[2])
+        return chunk_data(self.data.partition(b"\r\n\r\n")[2])
 
     def close(self) -> None:
         self.sock.close()

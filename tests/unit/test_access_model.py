@@ -33,7 +33,8 @@ from sse_twisted.event import Event, Item
 from sse_twisted.history import MemoryHistory
 from sse_twisted.parser import EventStreamParser
 
-from ..support.conn import Conn, FillingTransport, dechunk, make_site
+from ..support.chunks import dechunk
+from ..support.conn import Conn, FillingTransport, make_site
 
 SECRET = "s3cret-for-tests-only-0123456789abcdef"
 CHANNELS = ["pub", "news", "priv-a", "priv-b", "team-x"]

@@ -271,7 +271,7 @@ def test_metrics(clock: Clock) -> None:
     assert page.header(b"content-type").startswith(b"text/plain")  # type: ignore[union-attr]
     body = page.head_and_body()[1]
     if page.header(b"transfer-encoding") == b"chunked":
-        from ..support.conn import dechunk
+        from ..support.chunks import dechunk
 
         body = dechunk(body)[0]
     values = {

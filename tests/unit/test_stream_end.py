@@ -17,7 +17,8 @@ from sse_twisted.app import make_resource
 from sse_twisted.auth import JWTAuth
 from sse_twisted.parser import EventStreamParser
 
-from ..support.conn import Conn, FillingTransport, dechunk, make_site
+from ..support.chunks import dechunk
+from ..support.conn import Conn, FillingTransport, make_site
 
 SECRET = "s3cret-for-tests-only-0123456789abcdef"
 
