@@ -17,6 +17,8 @@ from sse_twisted.redis import RedisBus, RedisUnavailable, stream_id_key
 from ..support.processes import free_port
 from ..support.redis_server import Node, RedisServer, global_reactor, pause, wait_until
 
+pytestmark = pytest.mark.redis
+
 STREAM_ID = re.compile(r"^\d+-\d+$")
 
 

@@ -26,7 +26,7 @@ from sse_twisted.parser import EventStreamParser, MessageEvent
 from ..support.processes import RawSubscriber, SSEServer, wait
 from ..support.redis_server import RedisServer, ping
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.redis]
 
 
 # Helpers

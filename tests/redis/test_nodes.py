@@ -14,7 +14,7 @@ from sse_twisted.parser import EventStreamParser
 from ..support.processes import RawSubscriber, wait
 from ..support.redis_server import REDIS_SERVER, RedisServer
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.redis]
 
 
 def events(sub: RawSubscriber) -> list[tuple[str, str, str]]:
