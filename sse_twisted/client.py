@@ -29,24 +29,29 @@ Intentional divergences from the browser, and why:
 
 from __future__ import annotations
 
-from collections import deque
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, Protocol
+from typing import Any
 
-import hyperlink
 from twisted.internet.defer import Deferred, fail, succeed
-from twisted.internet.interfaces import IDelayedCall, IReactorTime
-from twisted.internet.protocol import Protocol as _TwistedProtocol
-from twisted.internet.protocol import connectionDone
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web.client import ResponseFailed
-from twisted.web.error import RedirectWithNoLocation
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IResponse
 
-from sse_twisted._reactor import default_reactor
-from sse_twisted.parser import EventStreamParser, MessageEvent
+from ._client_http import (
+    HTTPGetter,
+    StreamBody,
+    discard,
+    receive,
+    redirect_without_location,
+    stream_url,
+    treq_client,
+)
+from ._event_queue import EventQueue
+from ._reactor import default_reactor
+from ._reconnect import Reconnection
+from .parser import EventStreamParser, MessageEvent
 
 __all__ = [
     "CLOSED",
@@ -61,22 +66,6 @@ __all__ = [
 CONNECTING = 0
 OPEN = 1
 CLOSED = 2
-
-# Exponent cap so that the backoff arithmetic cannot overflow a float.
-_MAX_DOUBLINGS = 64
-# A floor for delays after failed attempts, so that a server saying
-# "retry: 0" cannot make the client hammer a host that refuses connections.
-_MIN_FAILURE_DELAY = 0.1
-
-
-class HTTPGetter(Protocol):
-    """
-    What L{EventSource} needs of an HTTP client: treq's C{HTTPClient} and
-    C{treq.testing.StubTreq} both provide it.
-    """
-
-    def get(self, url: str, /, *, headers: Headers, unbuffered: bool = ...) -> Deferred[Any]:
-        """Issue a GET; fire with an L{IResponse}."""
 
 
 class EventSourceError(Exception):
@@ -94,49 +83,18 @@ class EventSourceError(Exception):
         self.content_type = content_type
 
 
-class _StreamBody(_TwistedProtocol):
-    """Receives one response body and feeds it to its source's parser."""
-
-    def __init__(self, source: EventSource) -> None:
-        self._source = source
-
-    def dataReceived(self, data: bytes) -> None:
-        self._source._body_data(data)
-
-    def connectionLost(self, reason: Failure = connectionDone) -> None:
-        self._source._body_ended(self, reason)
-
-    def abort(self) -> None:
-        if self.transport is not None:
-            self.transport.stopProducing()  # type: ignore[attr-defined]  # a TransportProxyProducer
-
-
-class _Discard(_TwistedProtocol):
-    """Takes a response body nobody wants and stops it at once."""
-
-    def connectionMade(self) -> None:
-        self.transport.stopProducing()  # type: ignore[union-attr]  # always set here
-
-
-def _deliver_body(response: IResponse, protocol: _TwistedProtocol) -> None:
-    # IResponse.deliverBody has no annotations in Twisted.
-    response.deliverBody(protocol)
-
-
-def _redirect_without_location(reason: Failure) -> IResponse | None:
-    """The response of a redirect that had no Location, if that is what failed."""
-    error = reason.value
-    if not isinstance(error, ResponseFailed):
+def _refusal(url: str, response: IResponse) -> EventSourceError | None:
+    """Why C{response} (not a 204) opens no stream, or L{None} when it opens one."""
+    code = response.code
+    types = response.headers.getRawHeaders("content-type")
+    content_type = types[0] if types else None
+    if code != 200:
+        message = f"{url} answered HTTP {code}; only 200 opens a stream"
+    elif (content_type or "").split(";", 1)[0].strip().lower() != "text/event-stream":
+        message = f"{url} answered with Content-Type {content_type!r}, not text/event-stream"
+    else:
         return None
-    if any(isinstance(f.value, RedirectWithNoLocation) for f in error.reasons):
-        response: IResponse | None = error.response
-        return response
-    return None
-
-
-def _failure(exception: BaseException) -> Failure:
-    # Failure.__init__ has no annotations in Twisted.
-    return Failure(exception)
+    return EventSourceError(message, code, content_type)
 
 
 class EventSource:
@@ -195,42 +153,29 @@ class EventSource:
             negative delay, an id with CR, LF or NUL, or a C{Last-Event-ID}
             in C{headers} (pass C{last_event_id} instead).
         """
-        parsed = hyperlink.DecodedURL.from_text(url)
-        if parsed.scheme not in ("http", "https"):
-            raise ValueError(f"EventSource needs an http or https URL, got {url!r}")
-        for channel in channels:
-            if not isinstance(channel, str):
-                raise TypeError(f"channel must be a str, not {type(channel).__name__}")
-            parsed = parsed.add("channel", channel)
-        if retry < 0 or max_backoff < 0:
-            raise ValueError(
-                f"retry and max_backoff must be non-negative seconds, got {retry}, {max_backoff}"
-            )
+        stream = stream_url(url, channels)
+        reconnection = Reconnection(retry, max_backoff)
         extra = dict(headers or {})
         if any(name.lower() == "last-event-id" for name in extra):
             raise ValueError("pass last_event_id=... instead of a Last-Event-ID header")
-        self.url: str = parsed.to_uri().to_text()
+        self.url: str = stream
         self.ready_state: int = CONNECTING
         self.failure: Failure | None = None
         self._headers = {"Accept": "text/event-stream", "Cache-Control": "no-cache", **extra}
+        self._reconnection = reconnection
         self._parser = EventStreamParser(
-            on_retry=self._server_retry, last_event_id=last_event_id or ""
+            on_retry=reconnection.server_retry, last_event_id=last_event_id or ""
         )
         self._on_event = on_event
         self._on_open = on_open
         self._on_error = on_error
         self._given_reactor = reactor
         self._http_client = http_client
-        self._reconnection_time = float(retry)
-        self._max_backoff = float(max_backoff)
-        self._failures = 0
         self._started = False
         self._request: Deferred[Any] | None = None
-        self._body: _StreamBody | None = None
-        self._delayed: IDelayedCall | None = None
+        self._body: StreamBody | None = None
         self._closed_waiters: list[Deferred[None]] = []
-        self._queue: deque[MessageEvent] | None = None
-        self._waiters: deque[Deferred[MessageEvent]] = deque()
+        self._queue: EventQueue[MessageEvent] | None = None
 
     # --- public ------------------------------------------------------------
 
@@ -242,7 +187,7 @@ class EventSource:
     @property
     def reconnection_time(self) -> float:
         """The current reconnection delay in seconds, before any backoff."""
-        return self._reconnection_time
+        return self._reconnection.reconnection_time
 
     def start(self) -> None:
         """
@@ -293,23 +238,22 @@ class EventSource:
         Iteration yields every event received before the source closed, then
         stops.
         """
-        if self._queue is None:
-            self._queue = deque()
+        self._events()
         if not self._started and self.ready_state != CLOSED:
             self.start()
         return self
 
     def __anext__(self) -> Deferred[MessageEvent]:
         """Fire with the next event, or fail with C{StopAsyncIteration} once closed."""
+        return self._events().get()
+
+    def _events(self) -> EventQueue[MessageEvent]:
+        """The queue for iteration, made on first use (closed, if the source is)."""
         if self._queue is None:
-            self._queue = deque()
-        if self._queue:
-            return succeed(self._queue.popleft())
-        if self.ready_state == CLOSED:
-            return fail(StopAsyncIteration())
-        d: Deferred[MessageEvent] = Deferred(self._waiters.remove)
-        self._waiters.append(d)
-        return d
+            self._queue = EventQueue()
+            if self.ready_state == CLOSED:  # for good: it never opens again
+                self._queue.close()
+        return self._queue
 
     # --- connection ------------------------------------------------------------
 
@@ -319,17 +263,10 @@ class EventSource:
 
     def _client(self) -> HTTPGetter:
         if self._http_client is None:
-            from treq.client import HTTPClient
-            from twisted.web.client import Agent
-
-            # Agent's __init__ has no annotations in Twisted.
-            agent = Agent(self._reactor())
-            client: HTTPGetter = HTTPClient(agent)
-            self._http_client = client
+            self._http_client = treq_client(self._reactor())
         return self._http_client
 
     def _connect(self) -> None:
-        self._delayed = None
         self.ready_state = CONNECTING
         self._parser.reset()
         headers = Headers({name: [value] for name, value in self._headers.items()})
@@ -348,7 +285,7 @@ class EventSource:
         if self.ready_state == CLOSED:
             # Most likely our own cancellation from close(); nothing to report.
             return
-        response = _redirect_without_location(reason)
+        response = redirect_without_location(reason)
         if response is not None:
             # Fetch hands such a response back as it is: a status that is not
             # 200, so the connection fails rather than being retried.
@@ -357,51 +294,31 @@ class EventSource:
         self._attempt_failed(reason)
 
     def _attempt_failed(self, reason: Failure) -> None:
-        self._failures += 1
+        self._reconnection.attempt_failed()
         self._reestablish(reason)
 
     def _got_response(self, response: IResponse) -> None:
         self._request = None
         if self.ready_state == CLOSED:
-            _deliver_body(response, _Discard())
+            discard(response)
             return
-        code = response.code
-        types = response.headers.getRawHeaders("content-type")
-        content_type = types[0] if types else None
-        if code == 204:
-            _deliver_body(response, _Discard())
+        if response.code == 204:
+            discard(response)
             self._set_closed()
             return
-        if code != 200:
-            _deliver_body(response, _Discard())
-            self._fail(
-                EventSourceError(
-                    f"{self.url} answered HTTP {code}; only 200 opens a stream",
-                    code,
-                    content_type,
-                )
-            )
-            return
-        essence = (content_type or "").split(";", 1)[0].strip().lower()
-        if essence != "text/event-stream":
-            _deliver_body(response, _Discard())
-            self._fail(
-                EventSourceError(
-                    f"{self.url} answered with Content-Type {content_type!r}, "
-                    "not text/event-stream",
-                    code,
-                    content_type,
-                )
-            )
+        error = _refusal(self.url, response)
+        if error is not None:
+            discard(response)
+            self._fail(error)
             return
         self.ready_state = OPEN
-        self._failures = 0
+        self._reconnection.opened()
         self._call(self._on_open)
         if self.ready_state == CLOSED:
-            _deliver_body(response, _Discard())
+            discard(response)
             return
-        self._body = _StreamBody(self)
-        _deliver_body(response, self._body)
+        self._body = StreamBody(self._body_data, self._body_ended)
+        receive(response, self._body)
 
     def _body_data(self, data: bytes) -> None:
         if self.ready_state == CLOSED:
@@ -411,7 +328,7 @@ class EventSource:
                 return
             self._deliver(event)
 
-    def _body_ended(self, body: _StreamBody, reason: Failure) -> None:
+    def _body_ended(self, body: StreamBody, reason: Failure) -> None:
         if body is not self._body:
             return
         self._body = None
@@ -426,25 +343,13 @@ class EventSource:
         if self.ready_state == CLOSED:
             self._fire_closed()
             return
-        delay = self._next_delay()
+        delay = self._reconnection.schedule(self._reactor(), self._connect)
         self.log.info(
             "EventSource {url} lost its connection ({reason}); reconnecting in {delay}s",
             url=self.url,
             reason=reason.getErrorMessage(),
             delay=delay,
         )
-        self._delayed = self._reactor().callLater(delay, self._connect)
-
-    def _next_delay(self) -> float:
-        base = self._reconnection_time
-        if self._failures == 0:
-            return base
-        base = max(base, _MIN_FAILURE_DELAY)
-        backoff = base * 2.0 ** min(self._failures - 1, _MAX_DOUBLINGS)
-        return max(base, min(backoff, self._max_backoff))
-
-    def _server_retry(self, milliseconds: int) -> None:
-        self._reconnection_time = milliseconds / 1000
 
     # --- closing --------------------------------------------------------------
 
@@ -452,10 +357,7 @@ class EventSource:
         """Move to CLOSED and stop everything in flight (idempotent)."""
         already = self.ready_state == CLOSED
         self.ready_state = CLOSED
-        if self._delayed is not None:
-            delayed, self._delayed = self._delayed, None
-            if delayed.active():
-                delayed.cancel()
+        self._reconnection.cancel()
         if self._request is not None:
             request, self._request = self._request, None
             request.cancel()
@@ -463,13 +365,11 @@ class EventSource:
             self._body.abort()
         else:
             self._fire_closed()
-        if not already:
-            waiters, self._waiters = self._waiters, deque()
-            for waiter in waiters:
-                waiter.errback(StopAsyncIteration())
+        if not already and self._queue is not None:
+            self._queue.close()
 
     def _fail(self, exception: Exception) -> None:
-        self.failure = _failure(exception)
+        self.failure = Failure(exception)
         self._set_closed()
         self._call(self._on_error, self.failure)
         self._fire_closed()
@@ -488,10 +388,8 @@ class EventSource:
 
     def _deliver(self, event: MessageEvent) -> None:
         self._call(self._on_event, event)
-        if self._waiters:
-            self._waiters.popleft().callback(event)
-        elif self._queue is not None:
-            self._queue.append(event)
+        if self._queue is not None:
+            self._queue.put(event)
 
     def _call(self, callback: Callable[..., object] | None, *args: object) -> None:
         """Call a user callback; its exceptions are logged, not propagated."""
