@@ -2,10 +2,11 @@
 Hostile input against ONE real `twistd sse` process, with a canary subscriber
 (every channel, raw socket) open the whole time.
 
-After every batch of attacks: the server still answers /health, a marker
-event published legitimately reaches the canary, and the canary's whole
-stream is well-formed event-stream framing (in well-formed HTTP/1.1 chunks)
-that parses into exactly the events this module published legitimately, in
+After every test (the autouse fixture C{checkpoint}, so each test stands
+alone): the server still answers /health, a marker event published
+legitimately reaches the canary, and the canary's whole stream is
+well-formed event-stream framing (in well-formed HTTP/1.1 chunks) that
+parses into exactly the events this module published legitimately, in
 order: nothing injected, nothing from a refused request. Every refused
 request gets a 4xx with a JSON {"error": ...} body, except unparseable HTTP,
 which Twisted's own parser refuses with a plain 400 (or by closing).
@@ -198,8 +199,14 @@ PORT: list[int] = [0]
 
 
 @pytest.fixture(autouse=True)
-def _port(suite: Suite) -> None:
+def checkpoint(suite: Suite) -> Iterator[None]:
+    """
+    After every test, a checkpoint: each test stands alone and is checked
+    the same in any order, or run by itself.
+    """
     PORT[0] = suite.server.port
+    yield
+    suite.checkpoint()
 
 
 def post(body: bytes, headers: dict[str, str] | None = None, path: str = "/publish") -> bytes:
@@ -303,11 +310,6 @@ def test_bad_publish_bodies(suite: Suite, body: bytes, status: int) -> None:
     refused_json(post(body), status)
 
 
-def test_bad_bodies_checkpoint(suite: Suite) -> None:
-    """After all the bad bodies the server serves, and the canary saw only markers."""
-    suite.checkpoint()
-
-
 def test_legit_edges_are_published_verbatim(suite: Suite) -> None:
     """
     Bodies at the edges that are valid: a text just under --max-body, other
@@ -326,7 +328,6 @@ def test_legit_edges_are_published_verbatim(suite: Suite) -> None:
     suite.legit(answer, [("a\u2028b\u0085c", '"\u2029"')])
     [(status, _, answer)] = raw(post(b"[]"))
     assert status == 200 and answer == []
-    suite.checkpoint()
 
 
 # Generated publish bodies
@@ -435,10 +436,6 @@ def test_generated_garbage_bodies(suite: Suite, body: bytes) -> None:
         assert_json_error((status, headers, answer), 400)
 
 
-def test_generated_bodies_checkpoint(suite: Suite) -> None:
-    suite.checkpoint()
-
-
 # Query strings and headers on the stream
 
 
@@ -516,7 +513,6 @@ def test_stream_headers(suite: Suite) -> None:
                 assert _FRAME_LINE.match(line), line
         finally:
             sub.close()
-    suite.checkpoint()
 
 
 def test_publish_headers(suite: Suite) -> None:
@@ -536,7 +532,6 @@ def test_publish_headers(suite: Suite) -> None:
     refused_json(
         post(ok.replace(b"leak", b"x\\n"), {"Content-Type": "application/json; charset=utf-8"}), 400
     )
-    suite.checkpoint()
 
 
 # Raw HTTP framing
@@ -569,7 +564,6 @@ def test_http_framing_attacks(suite: Suite) -> None:
     ]
     for data in cases:
         refused_by_http(data)
-    suite.checkpoint()
 
 
 def test_truncated_requests(suite: Suite) -> None:
@@ -593,7 +587,6 @@ def test_truncated_requests(suite: Suite) -> None:
             except ConnectionResetError:
                 pass
         assert reply == b"" or reply.startswith(b"HTTP/1.1 4"), reply
-    suite.checkpoint()
 
 
 def test_pipelined_requests(suite: Suite) -> None:
@@ -614,7 +607,6 @@ def test_pipelined_requests(suite: Suite) -> None:
         assert_json_error(a)
     suite.legit(answers[0][2], [("message", "1")])
     suite.legit(answers[3][2], [("two", "2")])
-    suite.checkpoint()
 
 
 # Memory
