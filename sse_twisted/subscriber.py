@@ -1,6 +1,6 @@
 """
 One open event stream: its request, what it reads, bounded queue, producer
-methods and how it ends; and L{deliver}, the fan-out of one event.
+methods and how it ends.
 
 The subscriber registers itself as a streaming producer on its request, so
 Twisted's own flow control tells it when the client stops reading
@@ -12,8 +12,7 @@ overflow policy decides what a full queue means.
 
 from __future__ import annotations
 
-from collections import deque
-from collections.abc import Callable, Collection, Container, Iterable
+from collections.abc import Callable, Container
 from typing import Any, Literal
 
 from twisted.internet.interfaces import IPushProducer
@@ -22,58 +21,18 @@ from twisted.web.server import Request
 from zope.interface import implementer
 
 from . import _transport
-from .event import Event, dropped_notice, reset_notice
+from .backlog import Backlog
+from .event import Event, reset_notice
 from .history import IHistory
 from .stats import Stats
 
-__all__ = ["OVERFLOW_POLICIES", "Overflow", "Subscriber", "deliver"]
+__all__ = ["OVERFLOW_POLICIES", "Overflow", "Subscriber"]
 
 Overflow = Literal["drop", "disconnect", "catchup"]
 OVERFLOW_POLICIES: tuple[Overflow, ...] = ("drop", "disconnect", "catchup")
 
 #: Events fetched from the history per step while catching up.
 CATCHUP_BATCH = 64
-
-
-def deliver(groups: Iterable[Collection[Subscriber] | None], event: Event) -> int:
-    """
-    Write C{event} to every subscriber in C{groups}: the same frame for all,
-    framed as one HTTP/1.1 chunk once for those on the fast path.
-
-    @return: how many it went to (written or queued; not those it was
-        dropped for, nor those that will read it from the history).
-    """
-    frame = event.frame
-    chunk: bytes | None = None
-    write_through = _transport.write_through
-    sent = 0
-    for group in groups:
-        if not group:
-            continue
-        sent += len(group)
-        for sub in group:
-            fast = sub.fast
-            if fast is not None:
-                if chunk is None:
-                    chunk = _transport.chunk(frame)
-                write_through(fast, chunk)
-            elif not sub.send(event):
-                sent -= 1
-    return sent
-
-
-class _Gap:
-    """
-    Where a slow client's queue overflowed (policy C{drop}): C{count} events
-    were dropped at this place in the stream. Kept in the queue, so the
-    client is told right where the events are missing, and later events can
-    still queue behind it.
-    """
-
-    __slots__ = ("count",)
-
-    def __init__(self) -> None:
-        self.count = 1
 
 
 @implementer(IPushProducer)
@@ -111,7 +70,6 @@ class Subscriber:
         "_closing",
         "_cursor",
         "_ended",
-        "_held",
         "_history",
         "_live",
         "_on_end",
@@ -121,7 +79,6 @@ class Subscriber:
         "_stats",
         "_write",
         "channels",
-        "dropped",
         "fast",
         "overflow",
         "queue_size",
@@ -148,8 +105,6 @@ class Subscriber:
         self.readable: Container[str] | None = channels if readable is None else readable
         self.queue_size = queue_size
         self.overflow = overflow
-        #: Events dropped and not yet told of (they sit in the queue as gaps).
-        self.dropped = 0
         #: The transport to hand pre-built chunks to while live, else None.
         self.fast: Any = None
         self._history = history
@@ -164,10 +119,7 @@ class Subscriber:
         #: While paused: (when it paused or last made progress, pending bytes then).
         self._stall: tuple[float, int | None] | None = None
         # Created on first use: an idle deque costs ~600 bytes per subscriber.
-        # Events, and a _Gap wherever events were dropped between them.
-        self._queue: deque[Event | _Gap] | None = None
-        #: Events (not gaps) in the queue: what queue_size bounds.
-        self._held = 0
+        self._queue: Backlog | None = None
         self._write = request.write
         # Kept because the request forgets its channel once it finishes.
         self._channel = request.channel
@@ -189,7 +141,7 @@ class Subscriber:
     @property
     def queued(self) -> int:
         """How many events wait in the queue."""
-        return self._held
+        return self._queue.held if self._queue is not None else 0
 
     @property
     def ended(self) -> bool:
@@ -224,10 +176,8 @@ class Subscriber:
             return False
         queue = self._queue
         if queue is None:
-            queue = self._queue = deque()
-        if self._held < self.queue_size:
-            queue.append(event)
-            self._held += 1
+            queue = self._queue = Backlog(self.queue_size)
+        if queue.push(event):
             return True
         self._overflowed(queue)
         return False
@@ -251,11 +201,10 @@ class Subscriber:
         self._write(reset_notice(last_id, reason))
         return True
 
-    def _overflowed(self, queue: deque[Event | _Gap]) -> None:
+    def _overflowed(self, queue: Backlog) -> None:
         stats = self._stats
-        last = queue[-1]
-        if self.overflow == "catchup" and self._history is not None:
-            assert isinstance(last, Event)  # gaps are made under "drop" only
+        last = queue.last_event()
+        if self.overflow == "catchup" and self._history is not None and last is not None:
             stats.catchups += 1
             # Keep what is queued; everything after it comes from the history.
             self._cursor = last.id
@@ -270,17 +219,12 @@ class Subscriber:
             self.abort()
             return
         stats.dropped += 1
-        if self.dropped == 0:
+        if queue.drop():
             self.log.warn(
                 "Slow SSE client {peer}: queue of {size} events full, dropping events",
                 peer=self.peer(),
                 size=self.queue_size,
             )
-        self.dropped += 1
-        if type(last) is _Gap:
-            last.count += 1
-        else:
-            queue.append(_Gap())
 
     # The live state
 
@@ -361,17 +305,8 @@ class Subscriber:
         get all it is owed).
         """
         queue = self._queue
-        write = self._write
         if queue is not None:
-            while queue and (force or not self._paused):
-                item = queue.popleft()
-                if type(item) is _Gap:
-                    self.dropped -= item.count
-                    write(dropped_notice(item.count))
-                else:
-                    self._held -= 1
-                    write(item.frame)  # type: ignore[union-attr]
-            if queue:
+            if not queue.write_to(self._write, lambda: self._paused and not force):
                 return
             self._queue = None
         while self._cursor is not None and (force or not self._paused):
@@ -472,8 +407,6 @@ class Subscriber:
         self.end()
         self._cursor = None
         self._queue = None
-        self._held = 0
-        self.dropped = 0
         transport = self.transport
         if transport is None:
             # HTTP/2: reset this stream only (RST_STREAM), not the connection.
