@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 from typing import Any
 
@@ -10,10 +11,14 @@ from twisted.internet.error import ConnectionDone
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
-from twisted.web.resource import IResource
+from twisted.web.resource import IResource, Resource
 from twisted.web.server import Site
 
+from sse_twisted import SSEBroker
+from sse_twisted.app import make_resource
 from sse_twisted.parser import EventStreamParser, MessageEvent
+from sse_twisted.resource import StreamResource
+from sse_twisted.site import SSESite
 
 from .chunks import dechunk
 
@@ -21,6 +26,59 @@ from .chunks import dechunk
 def make_site(resource: IResource, clock: Clock) -> Site:
     """A Site on C{clock} with no idle timeout, so only our timers are pending."""
     return Site(resource, reactor=clock, timeout=None)
+
+
+_BROKER_OPTIONS = frozenset(inspect.signature(SSEBroker).parameters)
+JSON = {b"content-type": b"application/json"}
+
+
+def serve(
+    clock: Clock,
+    *,
+    stream_only: bool = False,
+    header_timeout: float | None = None,
+    **options: Any,
+) -> tuple[SSEBroker, Site]:
+    """
+    A broker on C{clock} (ids t-1, t-2, ...; no heartbeat unless asked) and a
+    site on the same clock: the standalone routes (L{make_resource}), or with
+    C{stream_only} just the stream at /events. The C{options} SSEBroker takes
+    go to the broker, the others to the routes. With C{header_timeout} the
+    site is an L{SSESite} with that request deadline, else L{make_site}.
+    """
+    broker_options = {k: v for k, v in options.items() if k in _BROKER_OPTIONS}
+    routes = {k: v for k, v in options.items() if k not in _BROKER_OPTIONS}
+    broker = SSEBroker(**{"reactor": clock, "id_prefix": "t", "heartbeat": 0, **broker_options})
+    root: IResource
+    if stream_only:
+        assert not routes, f"a stream-only site takes no route options: {routes}"
+        root = Resource()
+        root.putChild(b"events", StreamResource(broker))
+    else:
+        root = make_resource(broker, **routes)
+    if header_timeout is not None:
+        return broker, SSESite(root, header_timeout=header_timeout, reactor=clock)
+    return broker, make_site(root, clock)
+
+
+def post(
+    site: Site,
+    body: Any,
+    headers: dict[bytes, bytes] | None = None,
+    *,
+    raw: bytes | None = None,
+    content_type: bytes | None = b"application/json",
+    **kw: Any,
+) -> Conn:
+    """
+    POST C{body} as JSON (or the bytes C{raw}) to /publish, declared
+    C{content_type} (none if None) unless C{headers} say otherwise.
+    """
+    declared = {} if content_type is None else {b"content-type": content_type}
+    data = raw if raw is not None else json.dumps(body).encode()
+    return Conn(
+        site, b"/publish", method=b"POST", headers={**declared, **(headers or {})}, body=data, **kw
+    )
 
 
 class FillingTransport(StringTransport):

@@ -9,29 +9,15 @@ from hypothesis import given
 from hypothesis import strategies as st
 from twisted.internet.interfaces import IPushProducer
 from twisted.internet.task import Clock
-from twisted.web.resource import Resource
 from zope.interface.verify import verifyObject
 
 from sse_twisted import SSEBroker
 from sse_twisted.broker import HEARTBEAT
 from sse_twisted.event import dropped_notice
 from sse_twisted.parser import EventStreamParser
-from sse_twisted.resource import StreamResource
 from sse_twisted.subscriber import Subscriber
 
-from ..support.conn import Conn, make_site
-
-
-@pytest.fixture
-def clock() -> Clock:
-    return Clock()
-
-
-def setup(clock: Clock, **kwargs: object) -> tuple[SSEBroker, object]:
-    broker = SSEBroker(reactor=clock, id_prefix="t", **kwargs)  # type: ignore[arg-type]
-    root = Resource()
-    root.putChild(b"events", StreamResource(broker))
-    return broker, make_site(root, clock)
+from ..support.conn import Conn, serve
 
 
 def only_events(conn: Conn) -> list[tuple[str, str, str]]:
@@ -40,7 +26,7 @@ def only_events(conn: Conn) -> list[tuple[str, str, str]]:
 
 def test_stream_headers_and_first_comment(clock: Clock) -> None:
     """A subscriber gets 200, the SSE headers (no Connection header) and a first comment at once."""
-    broker, site = setup(clock)
+    broker, site = serve(clock, stream_only=True, heartbeat=15)
     c = Conn(site)
     assert c.status == 200
     assert c.header(b"content-type") == b"text/event-stream; charset=utf-8"
@@ -54,7 +40,7 @@ def test_stream_headers_and_first_comment(clock: Clock) -> None:
 
 def test_publish_writes_same_bytes_to_matching(clock: Clock) -> None:
     """One publish frames once and every matching subscriber receives exactly that frame."""
-    broker, site = setup(clock)
+    broker, site = serve(clock, stream_only=True, heartbeat=15)
     a = Conn(site, b"/events?channel=a")
     ab = Conn(site, b"/events?channel=a&channel=b")
     every = Conn(site, b"/events")
@@ -74,7 +60,7 @@ def test_publish_writes_same_bytes_to_matching(clock: Clock) -> None:
 
 def test_client_count(clock: Clock) -> None:
     """client_count counts all streams, or those that receive one channel."""
-    broker, site = setup(clock)
+    broker, site = serve(clock, stream_only=True, heartbeat=15)
     Conn(site, b"/events?channel=a")
     Conn(site, b"/events?channel=a&channel=b")
     Conn(site, b"/events")
@@ -86,7 +72,7 @@ def test_client_count(clock: Clock) -> None:
 
 def test_empty_channel_parameter_means_all(clock: Clock) -> None:
     """As in the original, ?channel= (empty) subscribes to every channel."""
-    broker, site = setup(clock)
+    broker, site = serve(clock, stream_only=True, heartbeat=15)
     c = Conn(site, b"/events?channel=")
     broker.publish("x", "e", 1)
     assert only_events(c) == [("e", "1", "t-1")]
@@ -94,7 +80,7 @@ def test_empty_channel_parameter_means_all(clock: Clock) -> None:
 
 def test_ids_unique_increasing_and_explicit(clock: Clock) -> None:
     """Generated ids increase within a broker; a publisher's own id is used verbatim."""
-    broker, _ = setup(clock)
+    broker, _ = serve(clock, stream_only=True, heartbeat=15)
     ids = [broker.publish("c", "e", n).id for n in range(3)]
     assert ids == ["t-1", "t-2", "t-3"]
     assert broker.publish("c", "e", 0, id="custom-7").id == "custom-7"
@@ -109,7 +95,7 @@ def test_default_ids_differ_between_brokers() -> None:
 
 def test_publish_without_subscribers(clock: Clock) -> None:
     """Publishing with nobody listening is fine and returns the event."""
-    broker, _ = setup(clock)
+    broker, _ = serve(clock, stream_only=True, heartbeat=15)
     ev = broker.publish("nobody", "e", {"x": 1})
     assert ev.id == "t-1" and ev.data == '{"x":1}'
     assert broker.dispatch(ev) == 0
@@ -117,7 +103,7 @@ def test_publish_without_subscribers(clock: Clock) -> None:
 
 def test_text_event_line_breaks(clock: Clock) -> None:
     """A text event is sent verbatim; CR, LF and CRLF become data lines joined by LF."""
-    broker, site = setup(clock)
+    broker, site = serve(clock, stream_only=True, heartbeat=15)
     c = Conn(site)
     c.clear()
     broker.publish_text("c", "html", "<li>a</li>\r\n<li>b</li>\r<li>c</li>\n")
@@ -166,7 +152,7 @@ def test_bad_publish_raises_and_writes_nothing(
     clock: Clock, kwargs: dict[str, object], error: type[Exception]
 ) -> None:
     """Bad names, ids or data raise at the caller; no subscriber sees a byte; no id is used."""
-    broker, site = setup(clock)
+    broker, site = serve(clock, stream_only=True, heartbeat=15)
     c = Conn(site)
     c.clear()
     with pytest.raises(error):
@@ -177,7 +163,7 @@ def test_bad_publish_raises_and_writes_nothing(
 
 def test_subscriber_is_push_producer(clock: Clock) -> None:
     """Each stream is an IPushProducer registered on its request."""
-    broker, site = setup(clock)
+    broker, site = serve(clock, stream_only=True, heartbeat=15)
     c = Conn(site)
     (sub,) = broker._subscribers
     assert verifyObject(IPushProducer, sub)
@@ -186,7 +172,7 @@ def test_subscriber_is_push_producer(clock: Clock) -> None:
 
 def test_paused_queues_and_flushes_in_order(clock: Clock) -> None:
     """A paused stream queues events and writes them in order on resume; others flow on."""
-    broker, site = setup(clock)
+    broker, site = serve(clock, stream_only=True, heartbeat=15)
     slow, fast = Conn(site), Conn(site)
     slow.clear()
     fast.clear()
@@ -203,7 +189,7 @@ def test_paused_queues_and_flushes_in_order(clock: Clock) -> None:
 
 def test_drop_policy_counts_and_tells_the_client(clock: Clock) -> None:
     """With overflow=drop a full queue drops events, counts them, and says how many on resume."""
-    broker, site = setup(clock, queue_size=3)
+    broker, site = serve(clock, stream_only=True, heartbeat=15, queue_size=3)
     slow, fast = Conn(site), Conn(site)
     slow.clear()
     slow.pause()
@@ -225,7 +211,7 @@ def test_drop_policy_counts_and_tells_the_client(clock: Clock) -> None:
 
 def test_drop_notice_waits_for_queue(clock: Clock) -> None:
     """If the client pauses again while its queue is flushed, the rest waits, order kept."""
-    broker, site = setup(clock, queue_size=2)
+    broker, site = serve(clock, stream_only=True, heartbeat=15, queue_size=2)
     slow = Conn(site)
     slow.clear()
     slow.pause()
@@ -250,7 +236,7 @@ def test_drop_notice_waits_for_queue(clock: Clock) -> None:
 
 def test_disconnect_policy_closes_slow_client(clock: Clock) -> None:
     """With overflow=disconnect a slow client's connection is aborted; others are untouched."""
-    broker, site = setup(clock, queue_size=2, overflow="disconnect")
+    broker, site = serve(clock, stream_only=True, heartbeat=15, queue_size=2, overflow="disconnect")
     slow, fast = Conn(site), Conn(site)
     slow.pause()
     for n in range(3):
@@ -265,7 +251,7 @@ def test_disconnect_policy_closes_slow_client(clock: Clock) -> None:
 
 def test_disconnect_removes_subscriber(clock: Clock) -> None:
     """A client that leaves is forgotten at once, and the heartbeat timer stops with the last."""
-    broker, site = setup(clock)
+    broker, site = serve(clock, stream_only=True, heartbeat=15)
     a, b = Conn(site, b"/events?channel=x"), Conn(site)
     assert broker.client_count() == 2
     a.drop()
@@ -280,7 +266,7 @@ def test_disconnect_removes_subscriber(clock: Clock) -> None:
 
 def test_disconnect_while_paused(clock: Clock) -> None:
     """A paused client that leaves is removed, and its queue with it."""
-    broker, site = setup(clock)
+    broker, site = serve(clock, stream_only=True, heartbeat=15)
     c = Conn(site)
     c.pause()
     broker.publish("c", "e", 1)
@@ -290,7 +276,7 @@ def test_disconnect_while_paused(clock: Clock) -> None:
 
 def test_heartbeat(clock: Clock) -> None:
     """Every `heartbeat` seconds each reading subscriber gets one comment; paused ones skip it."""
-    broker, site = setup(clock, heartbeat=15)
+    broker, site = serve(clock, stream_only=True, heartbeat=15)
     a, b = Conn(site), Conn(site)
     a.clear()
     b.clear()
@@ -307,20 +293,20 @@ def test_heartbeat(clock: Clock) -> None:
 
 def test_heartbeat_off(clock: Clock) -> None:
     """heartbeat=0 schedules nothing."""
-    broker, site = setup(clock, heartbeat=0)
+    broker, site = serve(clock, stream_only=True, heartbeat=0)
     Conn(site)
     assert clock.getDelayedCalls() == []
 
 
 def test_retry_off(clock: Clock) -> None:
     """retry=None sends no retry line as the stream opens."""
-    broker, site = setup(clock, retry=None)
+    broker, site = serve(clock, stream_only=True, heartbeat=15, retry=None)
     assert Conn(site).stream() == b": connected\n\n"
 
 
 def test_drain_ends_streams_cleanly(clock: Clock) -> None:
     """drain() flushes queues, sends a jittered retry, ends each response and closes."""
-    broker, site = setup(clock)
+    broker, site = serve(clock, stream_only=True, heartbeat=15)
     reading, paused = Conn(site), Conn(site)
     paused.pause()
     broker.publish("c", "e", 1)
@@ -345,7 +331,7 @@ def test_drain_ends_streams_cleanly(clock: Clock) -> None:
 
 def test_drain_waits_for_closed_connections(clock: Clock) -> None:
     """drain() fires as soon as every connection is really closed, before the deadline."""
-    broker, site = setup(clock)
+    broker, site = serve(clock, stream_only=True, heartbeat=15)
     c = Conn(site)
     fired: list[object] = []
     broker.drain(timeout=5).addCallback(fired.append)
@@ -359,7 +345,7 @@ def test_drain_waits_for_closed_connections(clock: Clock) -> None:
 
 def test_drain_with_no_subscribers(clock: Clock) -> None:
     """Draining an idle broker fires at once."""
-    broker, _ = setup(clock)
+    broker, _ = serve(clock, stream_only=True, heartbeat=15)
     fired: list[object] = []
     broker.drain().addCallback(fired.append)
     assert fired == [None]
@@ -367,7 +353,7 @@ def test_drain_with_no_subscribers(clock: Clock) -> None:
 
 def test_subscriber_while_draining_is_told_to_retry(clock: Clock) -> None:
     """A subscriber arriving while draining gets 200, a retry hint and an immediate end."""
-    broker, site = setup(clock)
+    broker, site = serve(clock, stream_only=True, heartbeat=15)
     broker.drain()
     c = Conn(site)
     assert c.status == 200
@@ -381,7 +367,7 @@ def test_subscriber_while_draining_is_told_to_retry(clock: Clock) -> None:
 
 def test_client_gone_mid_drain(clock: Clock) -> None:
     """A client that already left when drain runs causes no error."""
-    broker, site = setup(clock)
+    broker, site = serve(clock, stream_only=True, heartbeat=15)
     c = Conn(site)
     (sub,) = broker._subscribers
     c.drop()
@@ -403,7 +389,7 @@ def test_publish_threadsafe() -> None:
             self.handed.append((f, a, kw))
 
     clock = ThreadClock()
-    broker, site = setup(clock)
+    broker, site = serve(clock, stream_only=True, heartbeat=15)
     c = Conn(site, b"/events?channel=w")
     futures = []
     t = threading.Thread(target=lambda: futures.append(broker.publish_threadsafe("w", "e", [1])))
@@ -425,7 +411,7 @@ def test_publish_threadsafe() -> None:
 
 def test_no_request_kept_after_finish(clock: Clock) -> None:
     """Once drained, the broker holds no Request objects."""
-    broker, site = setup(clock)
+    broker, site = serve(clock, stream_only=True, heartbeat=15)
     for _ in range(3):
         Conn(site)
     broker.drain()
@@ -444,7 +430,7 @@ def test_constructor_validation() -> None:
 
 def test_subscriber_repr_and_properties(clock: Clock) -> None:
     """A subscriber reports its channels and state."""
-    broker, site = setup(clock)
+    broker, site = serve(clock, stream_only=True, heartbeat=15)
     Conn(site, b"/events?channel=b&channel=a")
     (sub,) = broker._subscribers
     assert isinstance(sub, Subscriber)
@@ -479,7 +465,7 @@ def test_whatever_publish_accepts_parses_back(
     import json
 
     clock = Clock()
-    broker, site = setup(clock)
+    broker, site = serve(clock, stream_only=True, heartbeat=15)
     c = Conn(site)
     ev = broker.publish(channel, event, data, text=text)
     (got,) = c.events()
@@ -493,7 +479,7 @@ def test_whatever_publish_accepts_parses_back(
 
 def test_http10_client_gets_unchunked_stream(clock: Clock) -> None:
     """An HTTP/1.0 client gets the raw stream (no chunking) with the same frames."""
-    broker, site = setup(clock)
+    broker, site = serve(clock, stream_only=True, heartbeat=15)
     old = Conn(site, version=b"HTTP/1.0")
     new = Conn(site)
     ev = broker.publish("c", "e", 1)

@@ -10,29 +10,14 @@ from twisted.internet.task import Clock
 from sse_twisted import SSEBroker
 from sse_twisted.app import make_app, make_resource
 
-from ..support.conn import Conn, make_site
+from ..support.conn import Conn, make_site, post, serve
 
 JSON = {b"content-type": b"application/json"}
 
 
-def setup(clock: Clock, **kwargs: object) -> tuple[SSEBroker, object]:
-    broker = SSEBroker(reactor=clock, id_prefix="t")
-    return broker, make_site(make_resource(broker, **kwargs), clock)
-
-
-def post(site: object, body: object, *, raw: bytes | None = None, headers=None, **kw) -> Conn:  # type: ignore[no-untyped-def]
-    data = raw if raw is not None else json.dumps(body).encode()
-    return Conn(site, b"/publish", method=b"POST", headers=headers or JSON, body=data, **kw)  # type: ignore[arg-type]
-
-
-@pytest.fixture
-def clock() -> Clock:
-    return Clock()
-
-
 def test_publish_one(clock: Clock) -> None:
     """POST one object: 200 with the id and the number of subscribers it went to."""
-    broker, site = setup(clock)
+    broker, site = serve(clock, heartbeat=15)
     sub = Conn(site, b"/events?channel=news")
     r = post(site, {"channel": "news", "event": "story", "data": {"title": "é"}})
     assert r.status == 200
@@ -44,7 +29,7 @@ def test_publish_one(clock: Clock) -> None:
 
 def test_publish_text_and_options(clock: Clock) -> None:
     """text, id and retry are honoured; event may be omitted (EventSource fires 'message')."""
-    broker, site = setup(clock)
+    broker, site = serve(clock, heartbeat=15)
     sub = Conn(site)
     sub.clear()
     r = post(site, {"channel": "c", "text": "<b>x</b>\ny", "id": "my-1", "retry": 500})
@@ -54,7 +39,7 @@ def test_publish_text_and_options(clock: Clock) -> None:
 
 def test_publish_batch(clock: Clock) -> None:
     """A JSON list publishes in order and answers a list of answers."""
-    broker, site = setup(clock)
+    broker, site = serve(clock, heartbeat=15)
     sub = Conn(site, b"/events?channel=a")
     r = post(
         site,
@@ -105,7 +90,7 @@ BAD_BODIES = [
 @pytest.mark.parametrize("raw, status, message", BAD_BODIES)
 def test_bad_publish_bodies(clock: Clock, raw: bytes, status: int, message: str) -> None:
     """Each bad body gets its status and a JSON error; nothing is published; streams untouched."""
-    broker, site = setup(clock)
+    broker, site = serve(clock, heartbeat=15)
     sub = Conn(site)
     sub.clear()
     r = post(site, None, raw=raw)
@@ -119,9 +104,9 @@ def test_bad_publish_bodies(clock: Clock, raw: bytes, status: int, message: str)
 
 def test_content_type_must_be_json(clock: Clock) -> None:
     """A body that is not declared JSON gets 415."""
-    broker, site = setup(clock)
+    broker, site = serve(clock, heartbeat=15)
     for headers in ({b"content-type": b"text/plain"}, {}):
-        r = post(site, {"channel": "c", "data": 1}, headers=headers or {b"x": b"y"})
+        r = post(site, {"channel": "c", "data": 1}, headers or {b"x": b"y"}, content_type=None)
         assert r.status == 415 and "application/json" in r.json()["error"]
     r = post(
         site,
@@ -133,7 +118,7 @@ def test_content_type_must_be_json(clock: Clock) -> None:
 
 def test_body_too_large(clock: Clock) -> None:
     """A body over max_body gets 413, by its Content-Length or by what arrives."""
-    broker, site = setup(clock, max_body=50)
+    broker, site = serve(clock, heartbeat=15, max_body=50)
     r = post(site, {"channel": "c", "data": "x" * 100})
     assert r.status == 413 and "50 bytes" in r.json()["error"]
     assert post(site, {"channel": "c", "data": "x"}).status == 200
@@ -142,7 +127,7 @@ def test_body_too_large(clock: Clock) -> None:
 
 def test_wrong_methods(clock: Clock) -> None:
     """Wrong methods get 405 with Allow and a JSON error."""
-    _, site = setup(clock)
+    _, site = serve(clock, heartbeat=15)
     for path, method, allow in [
         (b"/publish", b"GET", b"POST"),
         (b"/publish", b"DELETE", b"POST"),
@@ -158,7 +143,7 @@ def test_wrong_methods(clock: Clock) -> None:
 
 def test_loopback_only_without_token(clock: Clock) -> None:
     """Without a token, loopback peers may publish and others get 403."""
-    broker, site = setup(clock)
+    broker, site = serve(clock, heartbeat=15)
     assert post(site, {"channel": "c", "data": 1}, peer="127.0.0.9").status == 200
     r = post(site, {"channel": "c", "data": 1}, peer="10.1.2.3")
     assert r.status == 403 and "loopback" in r.json()["error"]
@@ -167,7 +152,7 @@ def test_loopback_only_without_token(clock: Clock) -> None:
 
 def test_token_required(clock: Clock) -> None:
     """With a token every request needs Authorization: Bearer <token>, loopback included."""
-    broker, site = setup(clock, publish_token="s3cret")
+    broker, site = serve(clock, heartbeat=15, publish_token="s3cret")
     body = {"channel": "c", "data": 1}
     assert post(site, body).status == 401
     wrong = post(site, body, headers={**JSON, b"authorization": b"Bearer nope"})
@@ -181,7 +166,7 @@ def test_token_required(clock: Clock) -> None:
 
 def test_bad_channel_query(clock: Clock) -> None:
     """A bad channel in the query gets 400 JSON and no subscription."""
-    broker, site = setup(clock)
+    broker, site = serve(clock, heartbeat=15)
     for query in (b"?channel=%0A", b"?channel=%FF", b"?channel=" + b"x" * 201):
         c = Conn(site, b"/events" + query)
         assert c.status == 400, query
@@ -191,7 +176,7 @@ def test_bad_channel_query(clock: Clock) -> None:
 
 def test_health(clock: Clock) -> None:
     """GET /health: 200 ok with the client count; 503 draining while draining."""
-    broker, site = setup(clock)
+    broker, site = serve(clock, heartbeat=15)
     Conn(site)
     h = Conn(site, b"/health")
     assert (h.status, h.json()) == (200, {"status": "ok", "clients": 1})
@@ -202,7 +187,7 @@ def test_health(clock: Clock) -> None:
 
 def test_publish_while_draining(clock: Clock) -> None:
     """Publishing while draining gets 503."""
-    broker, site = setup(clock)
+    broker, site = serve(clock, heartbeat=15)
     broker.drain()
     r = post(site, {"channel": "c", "data": 1})
     assert r.status == 503 and "draining" in r.json()["error"]
@@ -210,14 +195,16 @@ def test_publish_while_draining(clock: Clock) -> None:
 
 def test_unknown_path(clock: Clock) -> None:
     """Unknown paths get a JSON 404."""
-    _, site = setup(clock)
+    _, site = serve(clock, heartbeat=15)
     c = Conn(site, b"/nothing/here")
     assert c.status == 404 and c.json() == {"error": "not found"}
 
 
 def test_custom_paths(clock: Clock) -> None:
     """Paths are normalised as in the original broker and served where configured."""
-    broker, site = setup(clock, path=" live/stream/ ", publish_path="/api/pub/", health_path="hz")
+    broker, site = serve(
+        clock, heartbeat=15, path=" live/stream/ ", publish_path="/api/pub/", health_path="hz"
+    )
     sub = Conn(site, b"/live/stream?channel=c")
     assert sub.status == 200
     r = Conn(site, b"/api/pub", method=b"POST", headers=JSON, body=b'{"channel":"c","data":1}')
@@ -238,18 +225,18 @@ def test_klein_app_serves_the_same_api(clock: Clock) -> None:
 
 def test_stream_path_with_trailing_slash(clock: Clock) -> None:
     """The stream answers on its path with or without a trailing slash."""
-    broker, site = setup(clock)
+    broker, site = serve(clock, heartbeat=15)
     Conn(site, b"/events/")
     assert broker.client_count() == 1
 
 
 def test_demo_page(clock: Clock) -> None:
     """GET / serves the demo page unless turned off."""
-    _, site = setup(clock)
+    _, site = serve(clock, heartbeat=15)
     page = Conn(site, b"/")
     assert page.status == 200 and page.header(b"content-type") == b"text/html; charset=utf-8"
     assert b"EventSource" in page.head_and_body()[1]
-    _, site = setup(clock, demo=False)
+    _, site = serve(clock, heartbeat=15, demo=False)
     assert Conn(site, b"/").status == 404
 
 
@@ -301,5 +288,5 @@ def test_metrics(clock: Clock) -> None:
 
 def test_metrics_off(clock: Clock) -> None:
     """metrics_path=None serves no metrics."""
-    _, site = setup(clock, metrics_path=None)
+    _, site = serve(clock, heartbeat=15, metrics_path=None)
     assert Conn(site, b"/metrics").status == 404

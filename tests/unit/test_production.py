@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-import time
 from typing import Any
 
 import jwt
@@ -18,26 +16,10 @@ from sse_twisted.limits import RateLimiter, SubscriberLimits
 from sse_twisted.parser import EventStreamParser
 from sse_twisted.site import SSESite
 
-from ..support.conn import Conn, make_site
+from ..support.conn import Conn, post, serve
 
 JSON = {b"content-type": b"application/json"}
 SECRET = "s3cret-for-tests-only-0123456789abcdef"
-
-
-def setup(clock: Clock, **kwargs: Any) -> tuple[SSEBroker, Any]:
-    broker = SSEBroker(reactor=clock, id_prefix="t", heartbeat=0)
-    return broker, make_site(make_resource(broker, **kwargs), clock)
-
-
-def post(site: Any, body: Any, headers: dict[bytes, bytes] | None = None, **kw: Any) -> Conn:
-    return Conn(
-        site,
-        b"/publish",
-        method=b"POST",
-        headers={**JSON, **(headers or {})},
-        body=json.dumps(body).encode(),
-        **kw,
-    )
 
 
 def token(clock: Clock, exp: float | None = 60, **sse: Any) -> bytes:
@@ -47,27 +29,19 @@ def token(clock: Clock, exp: float | None = 60, **sse: Any) -> bytes:
     return jwt.encode(claims, SECRET, algorithm="HS256").encode()
 
 
-@pytest.fixture
-def clock() -> Clock:
-    c = Clock()
-    c.advance(time.time())  # PyJWT checks exp against the wall clock
-
-    return c
-
-
 # CORS
 
 
 def test_no_cors_headers_by_default(clock: Clock) -> None:
     """Without --cors-origin no CORS header is ever sent."""
-    _, site = setup(clock)
+    _, site = serve(clock)
     c = Conn(site, headers={b"origin": b"https://app.example"})
     assert c.header(b"access-control-allow-origin") is None
 
 
 def test_cors_listed_origin_with_credentials(clock: Clock) -> None:
     """A listed origin is echoed with credentials allowed, on the stream and on publish."""
-    _, site = setup(clock, cors=CORSPolicy(["https://app.example"]))
+    _, site = serve(clock, cors=CORSPolicy(["https://app.example"]))
     c = Conn(site, headers={b"origin": b"https://app.example"})
     assert c.header(b"access-control-allow-origin") == b"https://app.example"
     assert c.header(b"access-control-allow-credentials") == b"true"
@@ -80,7 +54,7 @@ def test_cors_listed_origin_with_credentials(clock: Clock) -> None:
 
 def test_cors_wildcard_without_credentials(clock: Clock) -> None:
     """* lets any origin read, never with credentials."""
-    _, site = setup(clock, cors=CORSPolicy(["*"]))
+    _, site = serve(clock, cors=CORSPolicy(["*"]))
     c = Conn(site, headers={b"origin": b"https://any.example"})
     assert c.header(b"access-control-allow-origin") == b"*"
     assert c.header(b"access-control-allow-credentials") is None
@@ -88,7 +62,7 @@ def test_cors_wildcard_without_credentials(clock: Clock) -> None:
 
 def test_cors_preflight_for_publish(clock: Clock) -> None:
     """OPTIONS on publish answers the preflight for allowed origins only."""
-    broker, site = setup(clock, cors=CORSPolicy(["https://app.example"]))
+    broker, site = serve(clock, cors=CORSPolicy(["https://app.example"]))
     pre = Conn(
         site,
         b"/publish",
@@ -124,7 +98,7 @@ def turned_away(c: Conn) -> str:
 
 def test_max_clients_edge(clock: Clock) -> None:
     """The Nth client gets in; the N+1th is told to retry later; a freed place is taken."""
-    broker, site = setup(clock, limits=SubscriberLimits(max_clients=2))
+    broker, site = serve(clock, limits=SubscriberLimits(max_clients=2))
     a, b = Conn(site), Conn(site)
     assert broker.client_count() == 2 and not a.ended() and not b.ended()
     third = Conn(site)
@@ -137,7 +111,7 @@ def test_max_clients_edge(clock: Clock) -> None:
 
 def test_max_clients_per_ip_edge(clock: Clock) -> None:
     """Per-address caps count each address separately."""
-    broker, site = setup(clock, limits=SubscriberLimits(max_per_ip=1))
+    broker, site = serve(clock, limits=SubscriberLimits(max_per_ip=1))
     Conn(site, peer="127.0.0.2")
     assert "--max-clients-per-ip" in turned_away(Conn(site, peer="127.0.0.2"))
     assert not Conn(site, peer="127.0.0.3").ended()
@@ -146,7 +120,7 @@ def test_max_clients_per_ip_edge(clock: Clock) -> None:
 
 def test_max_channels_edge(clock: Clock) -> None:
     """N channels are fine; N+1 get 400."""
-    broker, site = setup(clock, limits=SubscriberLimits(max_channels=2))
+    broker, site = serve(clock, limits=SubscriberLimits(max_channels=2))
     assert Conn(site, b"/events?channel=a&channel=b").status == 200
     c = Conn(site, b"/events?channel=a&channel=b&channel=c")
     assert c.status == 400 and "--max-channels" in c.json()["error"]
@@ -155,7 +129,7 @@ def test_max_channels_edge(clock: Clock) -> None:
 
 def test_publish_rate_limit(clock: Clock) -> None:
     """Past the burst a publisher gets 429 with Retry-After; tokens refill with time."""
-    broker, site = setup(clock, publish_rate=RateLimiter(2, 2, reactor=clock))
+    broker, site = serve(clock, publish_rate=RateLimiter(2, 2, reactor=clock))
     assert [post(site, {"channel": "c", "data": n}).status for n in range(3)] == [200, 200, 429]
     limited = post(site, {"channel": "c", "data": 9})
     assert limited.status == 429 and limited.header(b"retry-after") == b"1"
@@ -188,7 +162,7 @@ def auth(**kw: Any) -> JWTAuth:
 
 def test_private_channel_needs_token(clock: Clock) -> None:
     """Anonymous: 401; token without the right: 403; with it: subscribed."""
-    broker, site = setup(clock, auth=auth(private=["orders.*"]))
+    broker, site = serve(clock, auth=auth(private=["orders.*"]))
     anon = Conn(site, b"/events?channel=orders.eu")
     assert anon.status == 401 and "private" in anon.json()["error"]
     assert anon.header(b"www-authenticate")
@@ -204,7 +178,7 @@ def test_private_channel_needs_token(clock: Clock) -> None:
 
 def test_token_from_cookie(clock: Clock) -> None:
     """With --jwt-cookie the token may come from a cookie."""
-    _, site = setup(clock, auth=auth(private=["p"], cookie="sse_token"))
+    _, site = serve(clock, auth=auth(private=["p"], cookie="sse_token"))
     good = token(clock, subscribe=["*"])
     c = Conn(site, b"/events?channel=p", headers={b"cookie": b"sse_token=" + good})
     assert c.status == 200
@@ -216,14 +190,14 @@ def test_token_from_cookie(clock: Clock) -> None:
 )
 def test_bad_tokens(clock: Clock, bad: bytes) -> None:
     """Malformed or wrongly signed tokens get 401 with a JSON error."""
-    _, site = setup(clock, auth=auth(private=["p"]))
+    _, site = serve(clock, auth=auth(private=["p"]))
     c = Conn(site, b"/events?channel=p&token=" + bad)
     assert c.status == 401 and "invalid token" in c.json()["error"]
 
 
 def test_expired_token(clock: Clock) -> None:
     """An expired token gets 401; a live one's stream closes when it expires."""
-    broker, site = setup(clock, auth=auth(private=["p"]))
+    broker, site = serve(clock, auth=auth(private=["p"]))
     expired = token(clock, exp=-5, subscribe=["*"])
     assert Conn(site, b"/events?channel=p&token=" + expired).status == 401
     live = token(clock, exp=30, subscribe=["*"])
@@ -240,7 +214,7 @@ def test_expired_token(clock: Clock) -> None:
 
 def test_all_channel_subscribers_get_only_public(clock: Clock) -> None:
     """A subscriber without a channel filter never receives private channels."""
-    broker, site = setup(clock, auth=auth(private=["secret*"]))
+    broker, site = serve(clock, auth=auth(private=["secret*"]))
     everyone = Conn(site)
     broker.publish("secret-plans", "e", 1)
     broker.publish("news", "e", 2)
@@ -249,7 +223,7 @@ def test_all_channel_subscribers_get_only_public(clock: Clock) -> None:
 
 def test_publish_with_jwt(clock: Clock) -> None:
     """Publishing accepts a JWT's publish rights (per channel) as well as the static token."""
-    broker, site = setup(clock, auth=auth(), publish_token="static")
+    broker, site = serve(clock, auth=auth(), publish_token="static")
     grant = token(clock, publish=["news.*"])
     ok = post(
         site,
@@ -280,7 +254,7 @@ def test_jwt_public_key_rs256(clock: Clock) -> None:
     claims = {"sse": {"subscribe": ["p"]}, "exp": int(clock.seconds()) + 60}
     good = jwt.encode(claims, key, algorithm="RS256")
     assert a.verify(good).may_subscribe("p")
-    _, site = setup(clock, auth=a)
+    _, site = serve(clock, auth=a)
     assert Conn(site, b"/events?channel=p&token=" + good.encode()).status == 200
 
 

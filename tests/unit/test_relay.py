@@ -11,11 +11,10 @@ from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.task import Clock
 
 from sse_twisted import SSEBroker
-from sse_twisted.app import make_resource
 from sse_twisted.event import Event, Item
 from sse_twisted.history import MemoryHistory
 
-from ..support.conn import Conn, make_site
+from ..support.conn import Conn, serve
 
 JSON = {b"content-type": b"application/json"}
 
@@ -63,16 +62,11 @@ class LoopRelay:
         return ids
 
 
-def setup(clock: Clock) -> tuple[SSEBroker, LoopRelay, Any]:
-    relay = LoopRelay()
-    broker = SSEBroker(reactor=clock, heartbeat=0, relay=relay)
-    return broker, relay, make_site(make_resource(broker), clock)
-
-
 def test_publish_goes_through_the_relay() -> None:
     """With a relay, publish stores first; subscribers get the event from the relay, its id too."""
     clock = Clock()
-    broker, relay, site = setup(clock)
+    relay = LoopRelay()
+    broker, site = serve(clock, relay=relay, id_prefix=None)
     sub = Conn(site, b"/events?channel=c")
     result = broker.publish("c", "e", {"x": 1})
     assert isinstance(result, Deferred)
@@ -86,7 +80,8 @@ def test_publish_goes_through_the_relay() -> None:
 def test_relay_refuses_publisher_ids() -> None:
     """Ids are the relay's: a publisher's own id is refused, nothing stored."""
     clock = Clock()
-    broker, relay, _ = setup(clock)
+    relay = LoopRelay()
+    broker, _ = serve(clock, relay=relay, id_prefix=None)
     with pytest.raises(ValueError, match="chosen by the relay"):
         broker.publish("c", "e", 1, id="mine")
     assert relay.stored == []
@@ -95,7 +90,8 @@ def test_relay_refuses_publisher_ids() -> None:
 def test_http_publish_answers_after_storing() -> None:
     """POST /publish answers once the relay stored the batch, with the relay's ids."""
     clock = Clock()
-    broker, relay, site = setup(clock)
+    relay = LoopRelay()
+    broker, site = serve(clock, relay=relay, id_prefix=None)
     relay.hold = True
     sub = Conn(site, b"/events?channel=c")
     r = Conn(
@@ -115,7 +111,8 @@ def test_http_publish_answers_after_storing() -> None:
 def test_http_publish_with_relay_down() -> None:
     """Relay not ready: 503 and nothing stored; health says unavailable."""
     clock = Clock()
-    broker, relay, site = setup(clock)
+    relay = LoopRelay()
+    broker, site = serve(clock, relay=relay, id_prefix=None)
     relay.ready = False
     r = Conn(site, b"/publish", method=b"POST", headers=JSON, body=b'{"channel":"c","data":1}')
     assert r.status == 503 and "relay" in r.json()["error"]
@@ -127,7 +124,8 @@ def test_http_publish_with_relay_down() -> None:
 def test_http_publish_relay_fails_midway() -> None:
     """A relay that fails after accepting the request gets a 503 JSON answer, never a 200."""
     clock = Clock()
-    broker, relay, site = setup(clock)
+    relay = LoopRelay()
+    broker, site = serve(clock, relay=relay, id_prefix=None)
     relay.hold = True
     r = Conn(site, b"/publish", method=b"POST", headers=JSON, body=b'{"channel":"c","data":1}')
     relay.pending.pop().errback(ConnectionError("lost Redis"))
@@ -137,7 +135,8 @@ def test_http_publish_relay_fails_midway() -> None:
 def test_bad_items_refused_before_the_relay() -> None:
     """Validation happens before anything reaches the relay: a 400 and nothing stored."""
     clock = Clock()
-    broker, relay, site = setup(clock)
+    relay = LoopRelay()
+    broker, site = serve(clock, relay=relay, id_prefix=None)
     r = Conn(
         site,
         b"/publish",

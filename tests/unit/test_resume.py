@@ -8,21 +8,12 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from twisted.internet.task import Clock
-from twisted.web.resource import Resource
 
 from sse_twisted import SSEBroker
 from sse_twisted.event import Event
 from sse_twisted.history import MemoryHistory
-from sse_twisted.resource import StreamResource
 
-from ..support.conn import Conn, make_site
-
-
-def setup(clock: Clock, **kwargs: object) -> tuple[SSEBroker, object]:
-    broker = SSEBroker(reactor=clock, id_prefix="t", heartbeat=0, **kwargs)  # type: ignore[arg-type]
-    root = Resource()
-    root.putChild(b"events", StreamResource(broker))
-    return broker, make_site(root, clock)
+from ..support.conn import Conn, serve
 
 
 def datas(conn: Conn) -> list[str]:
@@ -89,7 +80,7 @@ def test_history_validation() -> None:
 def test_resume_with_header() -> None:
     """Last-Event-ID replays the later events of the subscriber's channels, then goes live."""
     clock = Clock()
-    broker, site = setup(clock)
+    broker, site = serve(clock, stream_only=True)
     for n in range(5):
         broker.publish("a" if n % 2 == 0 else "b", "e", n)
     c = Conn(site, b"/events?channel=a", headers={b"Last-Event-ID": b"t-1"})
@@ -102,7 +93,7 @@ def test_resume_with_header() -> None:
 def test_resume_with_query() -> None:
     """?lastEventId= works for a first connect; the header wins when both are given."""
     clock = Clock()
-    broker, site = setup(clock)
+    broker, site = serve(clock, stream_only=True)
     for n in range(4):
         broker.publish("c", "e", n)
     assert datas(Conn(site, b"/events?lastEventId=t-2")) == ["2", "3"]
@@ -113,7 +104,7 @@ def test_resume_with_query() -> None:
 def test_resume_at_head_is_just_live() -> None:
     """Resuming from the newest id replays nothing and sends no reset."""
     clock = Clock()
-    broker, site = setup(clock)
+    broker, site = serve(clock, stream_only=True)
     last = broker.publish("c", "e", 0).id
     c = Conn(site, b"/events", headers={b"Last-Event-ID": last.encode()})  # type: ignore[union-attr]
     assert c.events() == []
@@ -125,7 +116,7 @@ def test_resume_at_head_is_just_live() -> None:
 def test_unknown_id_gets_reset(history: int) -> None:
     """An id the history lacks (or with history off) gets sse.reset, then the live stream."""
     clock = Clock()
-    broker, site = setup(clock, history=history)
+    broker, site = serve(clock, stream_only=True, history=history)
     broker.publish("c", "e", 0)
     c = Conn(site, b"/events", headers={b"Last-Event-ID": b"earlier-run-7"})
     broker.publish("c", "e", 1)
@@ -140,7 +131,7 @@ def test_unknown_id_gets_reset(history: int) -> None:
 def test_evicted_id_gets_reset() -> None:
     """An id pushed out of the history gets sse.reset."""
     clock = Clock()
-    broker, site = setup(clock, history=2)
+    broker, site = serve(clock, stream_only=True, history=2)
     for n in range(4):
         broker.publish("c", "e", n)
     c = Conn(site, b"/events", headers={b"Last-Event-ID": b"t-1"})
@@ -153,7 +144,7 @@ def test_last_event_id_too_long() -> None:
     never a 4xx: EventSource gives up for good on any status but 200.
     """
     clock = Clock()
-    broker, site = setup(clock)
+    broker, site = serve(clock, stream_only=True)
     c = Conn(site, b"/events", headers={b"Last-Event-ID": b"x" * 2000})
     assert c.status == 200 and [e.type for e in c.events()] == ["sse.reset"]
     assert broker.client_count() == 1
@@ -165,7 +156,7 @@ def test_resume_race_with_full_transport() -> None:
     published; as the client reads on it gets every event, in order, once.
     """
     clock = Clock()
-    broker, site = setup(clock)
+    broker, site = serve(clock, stream_only=True)
     for n in range(200):
         broker.publish("c", "e", n)
     size = len(broker.history.since("t-100", None, 1)[0].frame)  # type: ignore[union-attr,index]
@@ -189,7 +180,7 @@ def test_resume_race_with_full_transport() -> None:
 def test_catchup_policy_loses_queue_not_events() -> None:
     """With overflow=catchup a slow client misses nothing the history holds, memory bounded."""
     clock = Clock()
-    broker, site = setup(clock, queue_size=4, overflow="catchup")
+    broker, site = serve(clock, stream_only=True, queue_size=4, overflow="catchup")
     slow, fast = Conn(site), Conn(site)
     slow.pause()
     for n in range(50):
@@ -207,7 +198,7 @@ def test_catchup_policy_loses_queue_not_events() -> None:
 def test_catchup_behind_history_gets_reset() -> None:
     """A catchup client that fell behind the history gets sse.reset, then the live stream."""
     clock = Clock()
-    broker, site = setup(clock, queue_size=2, overflow="catchup", history=5)
+    broker, site = serve(clock, stream_only=True, queue_size=2, overflow="catchup", history=5)
     slow = Conn(site)
     slow.pause()
     for n in range(20):
@@ -223,7 +214,7 @@ def test_catchup_behind_history_gets_reset() -> None:
 def test_drain_flushes_catchup_backlog() -> None:
     """Draining a catching-up client writes what it is owed from the history first."""
     clock = Clock()
-    broker, site = setup(clock, queue_size=2, overflow="catchup")
+    broker, site = serve(clock, stream_only=True, queue_size=2, overflow="catchup")
     slow = Conn(site)
     slow.pause()
     for n in range(10):
@@ -240,7 +231,7 @@ def test_drain_flushes_catchup_backlog() -> None:
 def test_resume_property(events: list[tuple[str, int]], data: st.DataObject) -> None:
     """Resuming from any id yields exactly the later events of the wanted channels, in order."""
     clock = Clock()
-    broker, site = setup(clock)
+    broker, site = serve(clock, stream_only=True)
     ids = [broker.publish(ch, "e", n).id for ch, n in events]
     k = data.draw(st.integers(0, len(ids) - 1))
     wanted = data.draw(st.sets(st.sampled_from("abc"), min_size=1))

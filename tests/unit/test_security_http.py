@@ -9,7 +9,6 @@ StringTransport, on a Clock.
 from __future__ import annotations
 
 import json
-import time
 from typing import Any
 
 import jwt
@@ -27,23 +26,10 @@ from sse_twisted.cors import CORSPolicy
 from sse_twisted.limits import DEFAULT_MAX_CHANNELS, RateLimiter, SubscriberLimits
 from sse_twisted.site import SSESite, redact_uri
 
-from ..support.conn import Conn, make_site
+from ..support.conn import Conn, make_site, post, serve
 
 SECRET = "s3cret-for-tests-only-0123456789abcdef"
 JSON = b"application/json"
-
-
-@pytest.fixture
-def clock() -> Clock:
-    c = Clock()
-    c.advance(time.time())  # JWT exp is checked against the wall clock
-    return c
-
-
-def sse_site(clock: Clock, timeout: float = 5, **kwargs: Any) -> tuple[SSEBroker, SSESite]:
-    broker = SSEBroker(reactor=clock, id_prefix="t", heartbeat=0)
-    site = SSESite(make_resource(broker, **kwargs), header_timeout=timeout, reactor=clock)
-    return broker, site
 
 
 class Raw:
@@ -102,7 +88,7 @@ def test_bodyless_paths_refuse_a_body_from_its_headers(
     clock: Clock, method: bytes, path: bytes
 ) -> None:
     """A 200 MB Content-Length on a path that takes no body: 413 JSON at once, no body read."""
-    broker, site = sse_site(clock)
+    broker, site = serve(clock, header_timeout=5)
     c = Raw(site).send(head(method, path, {b"Content-Length": b"209715200"}))
     assert c.status == 413 and c.json() == {"error": "this request takes no body"}
     assert c.transport.disconnecting and broker.client_count() == 0
@@ -113,14 +99,14 @@ def test_bodyless_paths_refuse_a_body_from_its_headers(
 
 def test_chunked_body_on_the_stream_is_refused_at_once(clock: Clock) -> None:
     """GET /events with Transfer-Encoding: chunked gets 413 before any chunk."""
-    broker, site = sse_site(clock)
+    broker, site = serve(clock, header_timeout=5)
     c = Raw(site).send(head(b"GET", b"/events", {b"Transfer-Encoding": b"chunked"}))
     assert c.status == 413 and broker.client_count() == 0
 
 
 def test_publish_is_authorised_before_its_body(clock: Clock) -> None:
     """A wrong token on a 50 MB publish: 401 from the headers (with WWW-Authenticate)."""
-    broker, site = sse_site(clock, publish_token="right")
+    broker, site = serve(clock, header_timeout=5, publish_token="right")
     c = Raw(site).send(
         head(
             b"POST",
@@ -134,7 +120,7 @@ def test_publish_is_authorised_before_its_body(clock: Clock) -> None:
 
 def test_publish_content_length_over_max_body(clock: Clock) -> None:
     """An authorised publish announcing more than --max-body gets 413 before its body."""
-    _, site = sse_site(clock, max_body=1000)
+    _, site = serve(clock, header_timeout=5, max_body=1000)
     hdrs = {b"Content-Length": b"1001", b"Content-Type": JSON}
     c = Raw(site).send(head(b"POST", b"/publish", hdrs))
     assert c.status == 413 and c.json() == {"error": "body larger than 1000 bytes"}
@@ -143,14 +129,14 @@ def test_publish_content_length_over_max_body(clock: Clock) -> None:
 
 def test_publish_wrong_content_type_before_body(clock: Clock) -> None:
     """A text/plain publish is refused (415) from its headers."""
-    _, site = sse_site(clock)
+    _, site = serve(clock, header_timeout=5)
     hdrs = {b"Content-Length": b"500000", b"Content-Type": b"text/plain"}
     assert Raw(site).send(head(b"POST", b"/publish", hdrs)).status == 415
 
 
 def test_chunked_publish_is_cut_at_max_body(clock: Clock) -> None:
     """A chunked publish is answered 413 by the chunk that passes --max-body; no more is stored."""
-    broker, site = sse_site(clock, max_body=100)
+    broker, site = serve(clock, header_timeout=5, max_body=100)
     c = Raw(site).send(
         head(b"POST", b"/publish", {b"Transfer-Encoding": b"chunked", b"Content-Type": JSON})
     )
@@ -166,7 +152,7 @@ def test_chunked_publish_is_cut_at_max_body(clock: Clock) -> None:
 
 def test_chunked_publish_within_max_body(clock: Clock) -> None:
     """A chunked publish under --max-body is published as usual."""
-    broker, site = sse_site(clock, max_body=100)
+    broker, site = serve(clock, header_timeout=5, max_body=100)
     body = b'{"channel":"c","data":1}'
     c = Raw(site).send(
         head(b"POST", b"/publish", {b"Transfer-Encoding": b"chunked", b"Content-Type": JSON})
@@ -179,7 +165,7 @@ def test_chunked_publish_within_max_body(clock: Clock) -> None:
 
 def test_trickled_body_meets_the_request_deadline(clock: Clock) -> None:
     """A body sent one byte every 1.5 s is cut off (408) when the whole request is late."""
-    broker, site = sse_site(clock, timeout=5)
+    broker, site = serve(clock, header_timeout=5)
     c = Raw(site).send(
         head(b"POST", b"/publish", {b"Content-Length": b"100", b"Content-Type": JSON})
     )
@@ -194,7 +180,7 @@ def test_trickled_body_meets_the_request_deadline(clock: Clock) -> None:
 
 def test_deadline_rearmed_for_the_next_request(clock: Clock) -> None:
     """After a publish, the next request on the connection has its own deadline."""
-    _, site = sse_site(clock, timeout=5)
+    _, site = serve(clock, header_timeout=5)
     body = b'{"channel":"c","data":1}'
     hdrs = {b"Content-Length": b"%d" % len(body), b"Content-Type": JSON}
     c = Raw(site).send(head(b"POST", b"/publish", hdrs) + body)
@@ -208,7 +194,7 @@ def test_deadline_rearmed_for_the_next_request(clock: Clock) -> None:
 
 def test_small_refused_body_is_dropped_and_the_connection_goes_on(clock: Clock) -> None:
     """A refused request with a small announced body: answered, body dropped, next one served."""
-    broker, site = sse_site(clock)
+    broker, site = serve(clock, header_timeout=5)
     body = b'{"channel":"c","data":1}'
     c = Raw(site).send(head(b"POST", b"/health", {b"Content-Length": b"%d" % len(body)}))
     assert c.status == 413 and b"Connection: close" not in c.transport.value()
@@ -221,7 +207,7 @@ def test_small_refused_body_is_dropped_and_the_connection_goes_on(clock: Clock) 
 
 def test_refusal_with_expect_continue_closes(clock: Clock) -> None:
     """A refused request that waits for 100 Continue is answered and closed, never sent 100."""
-    _, site = sse_site(clock, publish_token="tok")
+    _, site = serve(clock, header_timeout=5, publish_token="tok")
     hdrs = {b"Content-Length": b"10", b"Content-Type": JSON, b"Expect": b"100-continue"}
     c = Raw(site).send(head(b"POST", b"/publish", hdrs))
     assert c.status == 401 and b"100 Continue" not in c.transport.value()
@@ -230,7 +216,7 @@ def test_refusal_with_expect_continue_closes(clock: Clock) -> None:
 
 def test_admitted_publish_gets_100_continue(clock: Clock) -> None:
     """An admitted publish that asks for 100 Continue gets it, then its answer."""
-    broker, site = sse_site(clock)
+    broker, site = serve(clock, header_timeout=5)
     body = b'{"channel":"c","data":1}'
     hdrs = {b"Content-Length": b"%d" % len(body), b"Content-Type": JSON, b"Expect": b"100-continue"}
     c = Raw(site).send(head(b"POST", b"/publish", hdrs))
@@ -265,26 +251,21 @@ def test_plain_site_still_reads_bodies(clock: Clock) -> None:
 
 
 def publish(site: Any, headers: dict[bytes, bytes] | None = None, **kw: Any) -> Conn:
-    return Conn(
-        site,
-        b"/publish",
-        method=b"POST",
-        headers={b"content-type": JSON, **(headers or {})},
-        body=b'{"channel":"c","data":1}',
-        **kw,
-    )
+    return post(site, None, headers, raw=b'{"channel":"c","data":1}', **kw)
 
 
 def test_rate_limit_ignores_garbage_authorization(clock: Clock) -> None:
     """From loopback without a token, any Authorization scheme counts against the peer's bucket."""
-    _, site = sse_site(clock, publish_rate=RateLimiter(1, reactor=clock))
+    _, site = serve(clock, header_timeout=5, publish_rate=RateLimiter(1, reactor=clock))
     statuses = [publish(site, {b"authorization": b"X %d" % n}).status for n in range(5)]
     assert statuses == [200, 429, 429, 429, 429]
 
 
 def test_rate_limit_static_token_spacing(clock: Clock) -> None:
     """The static token with extra spaces is the same identity: one bucket."""
-    _, site = sse_site(clock, publish_token="tok", publish_rate=RateLimiter(1, reactor=clock))
+    _, site = serve(
+        clock, header_timeout=5, publish_token="tok", publish_rate=RateLimiter(1, reactor=clock)
+    )
     assert publish(site, {b"authorization": b"Bearer tok"}).status == 200
     assert publish(site, {b"authorization": b"Bearer    tok  "}).status == 429
     assert publish(site, {b"authorization": b"bearer tok"}).status == 429
@@ -293,7 +274,7 @@ def test_rate_limit_static_token_spacing(clock: Clock) -> None:
 def test_rate_limit_per_jwt_subject(clock: Clock) -> None:
     """Different JWTs with one sub share a bucket; another sub has its own."""
     auth = JWTAuth(secret=SECRET)
-    _, site = sse_site(clock, auth=auth, publish_rate=RateLimiter(1, reactor=clock))
+    _, site = serve(clock, header_timeout=5, auth=auth, publish_rate=RateLimiter(1, reactor=clock))
 
     def bearer(**claims: Any) -> dict[bytes, bytes]:
         return {b"authorization": b"Bearer " + token(clock, **claims)}
@@ -311,7 +292,7 @@ def test_rate_limit_per_jwt_subject(clock: Clock) -> None:
 
 def test_publish_id_limit_matches_last_event_id(clock: Clock) -> None:
     """An id of 1,024 bytes is published; 1,025 bytes is a 400 naming the limit."""
-    _, site = sse_site(clock)
+    _, site = serve(clock, header_timeout=5)
     for size, status in [(1024, 200), (1025, 400)]:
         body = json.dumps({"channel": "c", "id": "é" * (size // 2) + "x" * (size % 2), "data": 1})
         c = Conn(
@@ -326,7 +307,7 @@ def test_publish_id_limit_matches_last_event_id(clock: Clock) -> None:
 )
 def test_unusable_last_event_id_gets_a_reset(clock: Clock, value: bytes) -> None:
     """Any Last-Event-ID the server cannot use opens a 200 stream with sse.reset."""
-    broker, site = sse_site(clock)
+    broker, site = serve(clock, header_timeout=5)
     broker.publish("c", "e", 1)
     c = Conn(site, b"/events", headers={b"Last-Event-ID": value})
     assert c.status == 200 and [e.type for e in c.events()] == ["sse.reset"]
@@ -339,7 +320,7 @@ def test_unusable_last_event_id_gets_a_reset(clock: Clock, value: bytes) -> None
 
 def test_surrogate_in_unknown_field_name(clock: Clock) -> None:
     """A lone surrogate in an unknown field's name: 400 with valid UTF-8 JSON, not a 500."""
-    _, site = sse_site(clock)
+    _, site = serve(clock, header_timeout=5)
     c = Conn(
         site,
         b"/publish",
@@ -402,7 +383,7 @@ def test_fuzz_publish_error_paths(body: bytes) -> None:
 
 def test_token_without_exp_is_refused(clock: Clock) -> None:
     """No exp: 401 "token has no exp"; with allow_no_exp it is accepted and never expires."""
-    _, site = sse_site(clock, auth=JWTAuth(secret=SECRET, private=["p*"]))
+    _, site = serve(clock, header_timeout=5, auth=JWTAuth(secret=SECRET, private=["p*"]))
     c = Conn(site, b"/events?channel=p1&token=" + token(clock, exp=None))
     assert c.status == 401 and "token has no exp" in c.json()["error"]
     lax = JWTAuth(secret=SECRET, allow_no_exp=True)
@@ -419,7 +400,7 @@ def test_bad_exp_is_refused_at_verify(clock: Clock, exp: Any) -> None:
     raw = jwt.encode({"sse": {}, "exp": exp}, SECRET, algorithm="HS256")
     with pytest.raises(InvalidToken):
         JWTAuth(secret=SECRET, allow_no_exp=True).verify(raw)
-    _, site = sse_site(clock, auth=JWTAuth(secret=SECRET, private=["p*"]))
+    _, site = serve(clock, header_timeout=5, auth=JWTAuth(secret=SECRET, private=["p*"]))
     c = Conn(site, b"/events?channel=p1&token=" + raw.encode())
     assert c.status == 401 and c.json()["error"].startswith("invalid token")
 
@@ -456,7 +437,7 @@ def test_non_finite_iat_is_a_401(clock: Clock) -> None:
 )
 def test_tokenless_publish_needs_a_loopback_host(clock: Clock, host: bytes, status: int) -> None:
     """Without a token, a loopback peer must also name a loopback Host (DNS rebinding)."""
-    broker, site = sse_site(clock)
+    broker, site = serve(clock, header_timeout=5)
     body = b'{"channel":"c","data":1}'
     hdrs = {b"Content-Type": JSON, b"Content-Length": b"%d" % len(body)}
     c = Raw(site).send(head(b"POST", b"/publish", hdrs, host=host) + body)
@@ -467,7 +448,7 @@ def test_tokenless_publish_needs_a_loopback_host(clock: Clock, host: bytes, stat
 
 def test_token_publish_accepts_any_host(clock: Clock) -> None:
     """With the publish token, the Host header does not matter."""
-    _, site = sse_site(clock, publish_token="tok")
+    _, site = serve(clock, header_timeout=5, publish_token="tok")
     body = b'{"channel":"c","data":1}'
     hdrs = {
         b"Content-Type": JSON,
@@ -490,18 +471,18 @@ def preflight(site: Any) -> Conn:
 
 def test_cors_wildcard_does_not_open_tokenless_publishing(clock: Clock) -> None:
     """--cors-origin '*' without a token: the stream is open to all origins, publishing is not."""
-    _, site = sse_site(clock, cors=CORSPolicy(["*"]))
+    _, site = serve(clock, header_timeout=5, cors=CORSPolicy(["*"]))
     assert preflight(site).header(b"access-control-allow-origin") is None
     stream = Conn(site, b"/events", headers={b"origin": b"https://evil.example"})
     assert stream.header(b"access-control-allow-origin") == b"*"
-    _, site = sse_site(clock, cors=CORSPolicy(["*", "https://app.example"]))
+    _, site = serve(clock, header_timeout=5, cors=CORSPolicy(["*", "https://app.example"]))
     listed = Conn(site, b"/publish", method=b"OPTIONS", headers={b"origin": b"https://app.example"})
     assert listed.header(b"access-control-allow-origin") == b"https://app.example"
 
 
 def test_cors_wildcard_applies_to_publishing_with_a_token(clock: Clock) -> None:
     """With a publish token (or JWT), '*' lets any origin publish, as configured."""
-    _, site = sse_site(clock, cors=CORSPolicy(["*"]), publish_token="tok")
+    _, site = serve(clock, header_timeout=5, cors=CORSPolicy(["*"]), publish_token="tok")
     assert preflight(site).header(b"access-control-allow-origin") == b"*"
 
 
@@ -511,7 +492,7 @@ def test_cors_wildcard_applies_to_publishing_with_a_token(clock: Clock) -> None:
 def test_default_max_channels_edge(clock: Clock) -> None:
     """SubscriberLimits() caps a subscription at 64 channels: 64 open, 65 get 400."""
     assert DEFAULT_MAX_CHANNELS == 64
-    broker, site = sse_site(clock, limits=SubscriberLimits())
+    broker, site = serve(clock, header_timeout=5, limits=SubscriberLimits())
     query = b"&".join(b"channel=c%d" % n for n in range(64))
     assert Conn(site, b"/events?" + query).status == 200
     c = Conn(site, b"/events?" + query + b"&channel=one-more")
@@ -538,7 +519,7 @@ def test_redact_uri(uri: bytes, logged: bytes) -> None:
 
 def test_access_log_line_is_redacted(clock: Clock) -> None:
     """The access-log line of a request with ?token= carries token=REDACTED."""
-    _, site = sse_site(clock, auth=JWTAuth(secret=SECRET, private=["p"]))
+    _, site = serve(clock, header_timeout=5, auth=JWTAuth(secret=SECRET, private=["p"]))
     site.access_log = True
     lines: list[str] = []
     site._logFile = type("F", (), {"write": lambda self, s: lines.append(s)})()  # type: ignore[attr-defined]

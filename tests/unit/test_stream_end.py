@@ -5,11 +5,9 @@ leaves the broker's index first; private channels stay private on every path.
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 import jwt
-import pytest
 from twisted.internet.task import Clock
 
 from sse_twisted import SSEBroker
@@ -21,13 +19,6 @@ from ..support.chunks import dechunk
 from ..support.conn import Conn, FillingTransport, make_site
 
 SECRET = "s3cret-for-tests-only-0123456789abcdef"
-
-
-@pytest.fixture
-def clock() -> Clock:
-    c = Clock()
-    c.advance(time.time())  # PyJWT checks exp against the wall clock
-    return c
 
 
 def site_for(broker: SSEBroker, clock: Clock, **kw: Any) -> Any:
