@@ -20,6 +20,8 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from twisted.internet.endpoints import serverFromString
 from twisted.python import usage
 
+from ._transport import endpoint_port
+
 __all__ = [
     "check_cookie_name",
     "check_endpoint",
@@ -76,10 +78,10 @@ def check_endpoint(description: str) -> None:
         raise usage.UsageError(
             f"--port {description!r} is not a usable endpoint: {reason}"
         ) from None
-    # The port of tcp:, tcp6: and ssl: endpoints (a private attribute: if it
-    # is absent, bind() will still say it at start).
-    port = getattr(endpoint, "_port", None)
-    if isinstance(port, int) and not 0 <= port <= 65535:
+    # The port of tcp:, tcp6: and ssl: endpoints (if this Twisted does not
+    # say, bind() will still say it at start).
+    port = endpoint_port(endpoint)
+    if port is not None and not 0 <= port <= 65535:
         raise usage.UsageError(f"--port {description!r}: port must be 0-65535, got {port}")
 
 

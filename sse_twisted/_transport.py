@@ -17,8 +17,14 @@ import struct
 from typing import Any
 
 from twisted.internet import tcp
+from twisted.internet.protocol import Protocol
 from twisted.web.http import HTTPChannel
 from twisted.web.server import Request
+
+try:
+    from twisted.web.http import _GenericHTTPChannelProtocol
+except ImportError:  # pragma: no cover - a Twisted without it: HTTP/1.1 only
+    _GenericHTTPChannelProtocol = None  # type: ignore[assignment,misc]
 
 try:
     from fcntl import ioctl as _ioctl
@@ -29,9 +35,12 @@ except ImportError:  # pragma: no cover - not POSIX: only Twisted's buffer count
 
 __all__ = [
     "FAST_TCP",
+    "bad_request",
     "chunk",
     "chunk_writer",
     "close_idle_h2",
+    "endpoint_port",
+    "http_protocol",
     "pending_bytes",
     "probe_tcp",
     "request_gone",
@@ -189,3 +198,36 @@ def close_idle_h2(channel: Any) -> None:
         return
     if not getattr(transport, "disconnecting", True):
         transport.loseConnection()
+
+
+def http_protocol(channel: HTTPChannel) -> Protocol:
+    """
+    C{channel} wrapped as twisted.web's own Site wraps its channels, so that
+    a TLS connection that negotiates HTTP/2 (ALPN) switches to it; the bare
+    HTTP/1.1 channel where this Twisted has no such wrapper.
+    """
+    if _GenericHTTPChannelProtocol is None:
+        return channel
+    wrapped: Protocol = _GenericHTTPChannelProtocol(channel)
+    return wrapped
+
+
+def bad_request(channel: Any) -> None:
+    """
+    Answer the request arriving on C{channel} (HTTP/1.1 or an HTTP/2 stream)
+    with twisted.web's plain 400 and drop the connection (reset the stream);
+    just drop it where this Twisted has no such method.
+    """
+    respond = getattr(channel, "_respondToBadRequestAndDisconnect", None)
+    if respond is not None:
+        respond()
+        return
+    lose = getattr(channel, "loseConnection", None)
+    if lose is not None:
+        lose()
+
+
+def endpoint_port(endpoint: object) -> int | None:
+    """The port number a C{tcp:}, C{tcp6:} or C{ssl:} server endpoint will bind, if it says."""
+    port = getattr(endpoint, "_port", None)
+    return port if isinstance(port, int) else None

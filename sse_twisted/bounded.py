@@ -21,11 +21,12 @@ from twisted.internet.protocol import connectionDone
 from twisted.internet.tcp import Connection
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web.http import RESPONSES, HTTPChannel, _GenericHTTPChannelProtocol
+from twisted.web.http import RESPONSES, HTTPChannel
 from twisted.web.http_headers import Headers
 from twisted.web.resource import IResource
 from twisted.web.server import Request, Site
 
+from ._transport import bad_request, http_protocol, request_gone
 from .errors import HTTPError, encode_json_body, safe_message
 
 __all__ = ["DISCARD_BODY", "LINGER", "BoundedChannel", "BoundedRequest", "BoundedSite"]
@@ -90,7 +91,7 @@ class BoundedRequest(Request):
                 if isinstance(channel, BoundedChannel):
                     channel.refuse(self, _too_large(limit))
                 else:
-                    channel._respondToBadRequestAndDisconnect()
+                    bad_request(channel)
                 return
         assert self.content is not None
         self.content.write(data)
@@ -103,7 +104,7 @@ class BoundedRequest(Request):
             # No JSON answer here: HTTP/2 has no connection to linger on,
             # and the stream is reset with twisted.web's plain 400.
             self._refused = True
-            stream._respondToBadRequestAndDisconnect()
+            bad_request(stream)
             return False
         return True
 
@@ -113,7 +114,7 @@ class BoundedRequest(Request):
             return
         # Answered from its head already; its body (if any) was dropped.
         channel = self.channel
-        if isinstance(channel, BoundedChannel) and not self._disconnected:
+        if isinstance(channel, BoundedChannel) and not request_gone(self):
             # The connection goes on with the next request, as after finish().
             self.finished = 1
             channel.requestDone(self)
@@ -352,8 +353,7 @@ class BoundedSite(Site):
         """Whether L{admit} has anything to ask (the root resource's C{check_head})."""
         return getattr(self.resource, "check_head", None) is not None
 
-    def protocol(self) -> _GenericHTTPChannelProtocol:
-        channel = self._channel_class()
+    def protocol(self) -> Any:  # HTTPFactory types it as the private wrapper class
         # twisted.web's own factory does the same wrapping, which switches to
         # HTTP/2 when ALPN negotiates it.
-        return _GenericHTTPChannelProtocol(channel)
+        return http_protocol(self._channel_class())

@@ -94,7 +94,7 @@ class MemoryHistory:
     def append(self, event: Event) -> None:
         assert event.id is not None, "only events with ids can be resumed from"
         self._seq += 1
-        self._ring.append((self._seq, self._stamp(event) if self.ttl else 0.0, event))
+        self._ring.append((self._seq, self.stamp(event) if self.ttl else 0.0, event))
         self._by_id[event.id] = self._seq
         self.bytes += len(event.frame)
         if len(self._ring) > self.size:
@@ -105,7 +105,7 @@ class MemoryHistory:
         if self.ttl:
             self._expire()
 
-    def _stamp(self, event: Event) -> float:
+    def stamp(self, event: Event) -> float:
         """When C{event} was published, in the reactor's seconds (for the TTL)."""
         return float(default_reactor(self._reactor).seconds())
 

@@ -52,7 +52,7 @@ class StreamHistory(MemoryHistory):
         self._newest_id = event.id
         super().append(event)
 
-    def _stamp(self, event: Event) -> float:
+    def stamp(self, event: Event) -> float:
         """The time in the stream id: the TTL counts from when Redis stored it."""
         assert event.id is not None
         return stream_id_key(event.id)[0] / 1000
