@@ -35,6 +35,7 @@ except ImportError:  # pragma: no cover - not POSIX: only Twisted's buffer count
 
 __all__ = [
     "FAST_TCP",
+    "abort",
     "bad_request",
     "chunk",
     "chunk_writer",
@@ -218,13 +219,27 @@ def bad_request(channel: Any) -> None:
     with twisted.web's plain 400 and drop the connection (reset the stream);
     just drop it where this Twisted has no such method.
     """
-    respond = getattr(channel, "_respondToBadRequestAndDisconnect", None)
-    if respond is not None:
-        respond()
-        return
-    lose = getattr(channel, "loseConnection", None)
-    if lose is not None:
-        lose()
+    _call_first(channel, "_respondToBadRequestAndDisconnect", "loseConnection")
+
+
+def abort(channel: Any, transport: Any) -> None:
+    """
+    Drop a stream now: its connection (HTTP/1.1), or only the stream
+    (HTTP/2: C{transport} is None and the stream is reset, RST_STREAM).
+    """
+    if transport is None:
+        _call_first(channel, "abortConnection")
+    else:
+        _call_first(transport, "abortConnection", "loseConnection")
+
+
+def _call_first(target: Any, *names: str) -> None:
+    """Call the first of C{target}'s methods C{names} that it has."""
+    for name in names:
+        method = getattr(target, name, None)
+        if method is not None:
+            method()
+            return
 
 
 def endpoint_port(endpoint: object) -> int | None:

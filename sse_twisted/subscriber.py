@@ -407,15 +407,4 @@ class Subscriber:
         self.end()
         self._cursor = None
         self._queue = None
-        transport = self.transport
-        if transport is None:
-            # HTTP/2: reset this stream only (RST_STREAM), not the connection.
-            reset = getattr(self._channel, "abortConnection", None)
-            if reset is not None:
-                reset()
-            return
-        abort = getattr(transport, "abortConnection", None)
-        if abort is not None:
-            abort()
-        else:
-            transport.loseConnection()
+        _transport.abort(self._channel, self.transport)
