@@ -27,12 +27,11 @@ from ..support.faults import (
     metric,
     open_fds,
     raise_fd_limit,
-    rss,
     settled_fds,
     subscribers,
     text_of,
 )
-from ..support.processes import RawSubscriber, SSEServer, wait
+from ..support.processes import RawSubscriber, SSEServer, rss, wait
 
 pytestmark = pytest.mark.e2e
 

@@ -31,7 +31,7 @@ from hypothesis import strategies as st
 from sse_twisted.parser import EventStreamParser
 
 from ..support.chunks import chunks
-from ..support.processes import RawSubscriber, SSEServer
+from ..support.processes import RawSubscriber, SSEServer, rss
 
 pytestmark = pytest.mark.e2e
 
@@ -612,14 +612,6 @@ def test_pipelined_requests(suite: Suite) -> None:
 # Memory
 
 
-def _rss(pid: int) -> int:
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    raise AssertionError("no VmRSS")
-
-
 def _attack_round() -> None:
     for _, body, status in BAD_BODIES:
         refused_json(post(body), status)
@@ -631,11 +623,11 @@ def test_memory_returns_after_attacks(suite: Suite) -> None:
     """After a warm-up round, five more rounds of attacks grow the RSS by under 20 MiB."""
     pid = suite.server.pid
     _attack_round()
-    before = _rss(pid)
+    before = rss(pid)
     for _ in range(5):
         _attack_round()
     suite.checkpoint()
-    grown = _rss(pid) - before
+    grown = rss(pid) - before
     assert grown < 20 * 1024 * 1024, f"RSS grew by {grown / 2**20:.1f} MiB"
 
 

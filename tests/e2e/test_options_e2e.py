@@ -11,7 +11,7 @@ import contextlib
 import re
 import socket
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import jwt
@@ -28,21 +28,6 @@ pytestmark = pytest.mark.e2e
 ORIGIN = "https://app.example"
 #: 32 bytes, the least PyJWT accepts for HS256 without a warning.
 SECRET = "s3cret-s3cret-s3cret-s3cret-s3cr"
-
-
-@pytest.fixture
-def start() -> Iterator[Callable[..., SSEServer]]:
-    """Start `twistd sse` processes; each is stopped at the end of the test."""
-    started: list[SSEServer] = []
-
-    def run(*args: str) -> SSEServer:
-        srv = SSEServer("--heartbeat", "0", *args)
-        started.append(srv)
-        return srv
-
-    yield run
-    for srv in started:
-        srv.stop()
 
 
 class Stream(RawSubscriber):

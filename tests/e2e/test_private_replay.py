@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import socket
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import jwt
@@ -22,21 +22,6 @@ pytestmark = pytest.mark.e2e
 
 SECRET = "s3cret-s3cret-s3cret-s3cret-s3cr"
 PRIVATE = ("--jwt-secret", SECRET, "--private-channel", "priv*")
-
-
-@pytest.fixture
-def start() -> Iterator[Callable[..., SSEServer]]:
-    started: list[SSEServer] = []
-
-    def run(*args: str) -> SSEServer:
-        srv = SSEServer("--heartbeat", "0", *args)
-        started.append(srv)
-        return srv
-
-    yield run
-    for srv in started:
-        srv.stop()
-        assert "Traceback" not in srv.output(), srv.output()[-3000:]
 
 
 def token(**sse: Any) -> str:

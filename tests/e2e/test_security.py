@@ -12,35 +12,19 @@ import json
 import os
 import socket
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import jwt
 import pytest
 
-from ..support.processes import RawSubscriber, SSEServer
+from ..support.processes import RawSubscriber, SSEServer, rss
 
 pytestmark = pytest.mark.e2e
 
 #: 32 bytes, the least PyJWT accepts for HS256 without a warning.
 SECRET = "s3cret-s3cret-s3cret-s3cret-s3cr"
 Answer = tuple[int, dict[str, str], Any]
-
-
-@pytest.fixture
-def start() -> Iterator[Callable[..., SSEServer]]:
-    """Start `twistd sse` processes; each is stopped at the end of the test."""
-    started: list[SSEServer] = []
-
-    def run(*args: str) -> SSEServer:
-        srv = SSEServer("--heartbeat", "0", *args)
-        started.append(srv)
-        return srv
-
-    yield run
-    for srv in started:
-        srv.stop()
-        assert "Traceback" not in srv.output(), srv.output()[-3000:]
 
 
 def connect(server: SSEServer) -> socket.socket:
@@ -88,14 +72,6 @@ def refused_before_body(server: SSEServer, data: bytes) -> Answer:
         return read_answer(sock)
 
 
-def _rss(pid: int) -> int:
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    raise AssertionError("no VmRSS")
-
-
 def _spooled_files(pid: int) -> list[str]:
     """Deleted temporary files the process holds open (twisted.web's body spool)."""
     out = []
@@ -119,7 +95,7 @@ def test_bodies_on_bodyless_paths_refused_from_headers(start: Callable[..., SSES
     spool file, RSS up by under 10 MiB.
     """
     server = start()
-    rss = _rss(server.pid)
+    before = rss(server.pid)
     with connect(server) as sock:
         sock.sendall(head(server, "POST", "/health", Content_Length="209715200"))
         status, headers, body = read_answer(sock)
@@ -138,7 +114,7 @@ def test_bodies_on_bodyless_paths_refused_from_headers(start: Callable[..., SSES
         server, head(server, "GET", "/events", Transfer_Encoding="chunked")
     )
     assert status == 413 and "error" in body
-    assert _rss(server.pid) - rss < 10 << 20
+    assert rss(server.pid) - before < 10 << 20
     assert server.request("GET", "/health")[0] == 200
 
 

@@ -31,15 +31,6 @@ from .processes import SSEServer
 MiB = 1024 * 1024
 
 
-def rss(pid: int) -> int:
-    """The process's resident set size in bytes (VmRSS)."""
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    raise AssertionError(f"no VmRSS for {pid}")
-
-
 def open_fds(pid: int) -> int:
     """How many file descriptors the process holds open."""
     return len(os.listdir(f"/proc/{pid}/fd"))

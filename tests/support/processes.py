@@ -26,6 +26,15 @@ TWISTD = str(Path(sys.executable).with_name("twistd"))
 _PORT = re.compile(r"listening on (?:IPv4Address\(.*?port=)?(\d+)")
 
 
+def rss(pid: int) -> int:
+    """The process's resident set size in bytes (VmRSS)."""
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    raise AssertionError(f"no VmRSS for {pid}")
+
+
 def free_port() -> int:
     """A loopback port that was free a moment ago (bind to 0, close)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:

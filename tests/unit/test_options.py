@@ -26,6 +26,8 @@ from sse_twisted.history import MemoryHistory
 from sse_twisted.service import CannotListen
 from sse_twisted.tap import Options, makeService
 
+from ..support.tls import self_signed
+
 
 def parse(*argv: str) -> Options:
     options = Options()
@@ -406,42 +408,11 @@ def test_usage_after_a_refusal_is_short() -> None:
     assert options.getUsage() == "Run 'twistd sse --help' for the options."
 
 
-def _tls_files(folder: Path) -> None:
-    """key.pem and cert.pem (self-signed) in `folder`."""
-    import datetime
-
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes
-    from cryptography.x509.oid import NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
-    now = datetime.datetime.now(datetime.timezone.utc)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now)
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .sign(key, hashes.SHA256())
-    )
-    (folder / "key.pem").write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    (folder / "cert.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-
-
 def test_port_files_are_found_from_twistd_rundir(tmp_path: Path) -> None:
     """A TLS key named relative to twistd's --rundir is checked there, as it will be opened."""
     from twisted.scripts.twistd import ServerOptions
 
-    _tls_files(tmp_path)
+    self_signed(tmp_path)
     port = "ssl:8443:privateKey=key.pem:certKey=cert.pem"
     twistd = ServerOptions()
     twistd.parseOptions(["--rundir", str(tmp_path), "sse", "--port", port])
