@@ -22,7 +22,7 @@ import pytest
 import twisted
 from sse_twisted import __version__
 
-from ..support.processes import _PORT, TWISTD, Process
+from ..support.processes import LISTENING, TWISTD, Process
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(90)]
 
@@ -205,7 +205,7 @@ def test_privileged_port_binds_before_uid() -> None:
         env={"PYTHONUNBUFFERED": "1"},
     )
     try:
-        assert int(proc.read_until(_PORT, timeout=DEADLINE).group(1)) == port
+        assert int(proc.read_until(LISTENING, timeout=DEADLINE).group(1)) == port
         proc.read_until(r"set uid/gid 65534/65534", timeout=DEADLINE)
         assert _uid(proc.pid) == 65534
         with closing(socket.create_connection(("127.0.0.1", port), timeout=10)) as sock:

@@ -23,7 +23,8 @@ from .chunks import chunk_data
 
 ROOT = Path(__file__).resolve().parents[2]
 TWISTD = str(Path(sys.executable).with_name("twistd"))
-_PORT = re.compile(r"listening on (?:IPv4Address\(.*?port=)?(\d+)")
+#: The line twistd logs once it listens; group 1 is the port.
+LISTENING = re.compile(r"listening on (?:IPv4Address\(.*?port=)?(\d+)")
 
 
 def rss(pid: int) -> int:
@@ -148,7 +149,7 @@ class SSEServer(Process):
             env={"PYTHONUNBUFFERED": "1", **(env or {})},
         )
         try:
-            self.port = int(self.read_until(_PORT).group(1))
+            self.port = int(self.read_until(LISTENING).group(1))
         except BaseException:
             self.stop(signal.SIGKILL)
             raise
