@@ -54,7 +54,7 @@ def chunks(body: bytes | bytearray, start: int = 0, *, strict: bool = False) -> 
 
 def dechunk(body: bytes) -> tuple[bytes, bool]:
     """Decode the complete chunks of a chunked body; also say if it ended."""
-    out = []
+    out: list[bytes] = []
     for chunk in chunks(body):
         if not chunk.data:
             return b"".join(out), True
