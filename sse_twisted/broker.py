@@ -19,7 +19,7 @@ from collections.abc import Container, Iterable, Sequence
 from typing import Any
 
 from twisted.application.service import Service
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -303,16 +303,17 @@ class SSEBroker(Publishing, Service):
         self._seq += 1
         return f"{self._prefix}-{self._seq}"
 
-    def publish_items(self, items: Sequence[Item]) -> Deferred[list[Published]]:
+    def publish_items(self, items: Sequence[Item]) -> list[Published] | Deferred[list[Published]]:
         """
         The one publish path: give each item its id, frame it once, and
         deliver it; all or none.
 
         Without a relay the ids are this broker's and the events go out at
-        once (the Deferred has fired on return). With a relay, the relay
-        stores them and chooses the ids, and they go out when it hands them
-        back, on every node; C{clients} then counts this node's matching
-        subscribers when the relay answered.
+        once: the list of what was published is the answer. With a relay,
+        the relay stores them and chooses the ids, and they go out when it
+        hands them back, on every node: the answer is a Deferred of that
+        list, and C{clients} counts this node's matching subscribers when
+        the relay answered.
 
         @raise InvalidItem: with a relay, for an item with an id of its own.
         """
@@ -322,7 +323,7 @@ class SSEBroker(Publishing, Service):
             for item in items:
                 event_id = item.id if item.id is not None else self.next_id()
                 done.append(Published(item, event_id, self.dispatch(item.framed(event_id))))
-            return succeed(done)
+            return done
         for index, item in enumerate(items):
             if item.id is not None:
                 raise InvalidItem("ids are chosen by the relay (Redis); leave 'id' out", index)

@@ -148,10 +148,13 @@ class PublishResource(Resource):
             body = error_response(request, e)
             self._count(request)
             return body
+        if isinstance(done, list):  # no relay: published already
+            body = json_response(request, 200, _answer(done, batch))
+            self._count(request)
+            return body
 
         def answer(published: list[Published]) -> None:
-            answers = [{"id": p.id, "clients": p.clients} for p in published]
-            self._finish(request, 200, answers if batch else answers[0])
+            self._finish(request, 200, _answer(published, batch))
 
         def failed(failure: Failure) -> None:
             self.log.warn("Publish through the relay failed: {error}", error=failure.value)
@@ -163,7 +166,10 @@ class PublishResource(Resource):
     def _finish(self, request: Request, status: int, body: Any) -> None:
         if request_gone(request):
             return
-        request.write(json_response(request, status, body))
+        data = json_response(request, status, body)
+        # As twisted.web does for a body returned from render: one write, not chunked.
+        request.setHeader(b"content-length", b"%d" % len(data))
+        request.write(data)
         request.finish()
         self._count(request)
 
@@ -217,3 +223,9 @@ def _check_content_type(request: Request) -> None:
 def _item_error(error: InvalidItem, batch: bool) -> HTTPError:
     where = f"item {error.index}: " if batch and error.index is not None else ""
     return HTTPError(400, f"{where}{error}")
+
+
+def _answer(published: list[Published], batch: bool) -> Any:
+    """The 200 answer: each event's id and how many subscribers here it went to."""
+    answers = [{"id": p.id, "clients": p.clients} for p in published]
+    return answers if batch else answers[0]

@@ -10,13 +10,12 @@ from collections.abc import Mapping, Sequence
 from concurrent.futures import Future
 from typing import Any, NamedTuple
 
-from twisted.internet.defer import Deferred
-from twisted.python.failure import Failure
+from twisted.internet.defer import Deferred, succeed
 
 from .event import Event, Item, takes_item_args
 from .relay import IRelay
 
-__all__ = ["Published", "Publishing"]
+__all__ = ["Published", "Publishing", "maybe_deferred"]
 
 
 class Published(NamedTuple):
@@ -45,7 +44,7 @@ class Publishing:
     def reactor(self) -> Any:
         raise NotImplementedError
 
-    def publish_items(self, items: Sequence[Item]) -> Deferred[list[Published]]:
+    def publish_items(self, items: Sequence[Item]) -> list[Published] | Deferred[list[Published]]:
         raise NotImplementedError
 
     @takes_item_args
@@ -64,10 +63,10 @@ class Publishing:
             wrong type.
         @raise ValueError: for a bad channel, CR/LF/NUL in C{event}/C{id}.
         """
-        done = self.publish_items([item]).addCallback(lambda published: published[0].event)
-        if self.relay is not None:
-            return done
-        return _result(done)
+        done = self.publish_items([item])
+        if isinstance(done, list):
+            return done[0].event
+        return done.addCallback(lambda published: published[0].event)
 
     def publish_text(
         self,
@@ -90,7 +89,9 @@ class Publishing:
             is published.
         """
         checked = [Item.from_mapping(item, index) for index, item in enumerate(items)]
-        return self.publish_items(checked).addCallback(lambda done: [p.event for p in done])
+        return maybe_deferred(self.publish_items(checked)).addCallback(
+            lambda done: [p.event for p in done]
+        )
 
     @takes_item_args
     def publish_threadsafe(self, item: Item) -> Future[Event]:
@@ -108,7 +109,7 @@ class Publishing:
             if not future.set_running_or_notify_cancel():
                 return
             try:
-                done = self.publish_items([item])
+                done = maybe_deferred(self.publish_items([item]))
             except BaseException as e:  # hand every failure to the waiting thread
                 future.set_exception(e)
                 return
@@ -121,11 +122,6 @@ class Publishing:
         return future
 
 
-def _result(done: Deferred[Event]) -> Event:
-    """The result of a Deferred that has fired (or its error, raised)."""
-    results: list[Event] = []
-    failures: list[Failure] = []
-    done.addCallbacks(results.append, failures.append)
-    if failures:
-        failures[0].raiseException()
-    return results[0]
+def maybe_deferred(done: list[Published] | Deferred[list[Published]]) -> Deferred[list[Published]]:
+    """What L{Publishing.publish_items} answered, as a Deferred either way."""
+    return succeed(done) if isinstance(done, list) else done
