@@ -379,6 +379,7 @@ class SSEBroker(Publishing, Service):
             if timer is not None and timer.running:
                 timer.stop()
         self._heartbeat = self._sweeper = None
+        self._ends.forget()
 
     # Draining
 

@@ -13,6 +13,7 @@ from typing import Any
 from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger
 
+from ._transport import pending_bytes
 from .stats import Stats
 from .subscriber import Subscriber
 
@@ -50,6 +51,8 @@ class StreamEnds:
         self.write_timeout = write_timeout
         self.close_timeout = close_timeout
         self._retry = retry
+        # Paused streams: when each was first seen stalled, and its pending bytes then.
+        self._stalls: dict[Subscriber, tuple[float, int | None]] = {}
 
     # Token expiry
 
@@ -93,11 +96,26 @@ class StreamEnds:
     # Stalled sockets
 
     def sweep(self, subscribers: Iterable[Subscriber]) -> None:
-        """Abort the streams whose socket has taken no byte for C{write_timeout}."""
+        """
+        Abort the streams whose socket has taken no byte for C{write_timeout}.
+
+        A paused stream is stalled from the first sweep that sees it paused
+        until its transport's pending bytes change (nothing is written to a
+        paused stream, so any change means the peer read). Where the
+        transport cannot say (TLS, HTTP/2), the whole time paused counts.
+        """
         now = self._clock().seconds()
         limit = self.write_timeout
-        for sub in [s for s in subscribers if s.paused]:
-            if sub.stalled_for(now) >= limit:
+        stalls: dict[Subscriber, tuple[float, int | None]] = {}
+        for sub in subscribers:
+            if not sub.paused or sub.ended:
+                continue
+            transport = sub.transport
+            pending = pending_bytes(transport) if transport is not None else None
+            seen = self._stalls.get(sub)
+            if seen is None or pending != seen[1]:
+                stalls[sub] = (now, pending)  # the first look, or the peer read something
+            elif now - seen[0] >= limit:
                 self.stats.write_timeouts += 1
                 self.log.info(
                     "SSE client {peer} took no byte for {timeout}s: aborted",
@@ -105,6 +123,13 @@ class StreamEnds:
                     timeout=limit,
                 )
                 sub.abort()
+            else:
+                stalls[sub] = seen
+        self._stalls = stalls
+
+    def forget(self) -> None:
+        """No stream is left: hold on to none of them."""
+        self._stalls = {}
 
     # Draining
 

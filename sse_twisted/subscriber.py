@@ -75,7 +75,6 @@ class Subscriber:
         "_on_end",
         "_paused",
         "_queue",
-        "_stall",
         "_stats",
         "_write",
         "channels",
@@ -116,8 +115,6 @@ class Subscriber:
         self._closing = False
         self._ended = False
         self._cursor: str | None = None
-        #: While paused: (when it paused or last made progress, pending bytes then).
-        self._stall: tuple[float, int | None] | None = None
         # Created on first use: an idle deque costs ~600 bytes per subscriber.
         self._queue: Backlog | None = None
         self._write = request.write
@@ -263,15 +260,12 @@ class Subscriber:
 
     def pauseProducing(self) -> None:
         """The transport's buffer is full: queue from now on."""
-        if not self._paused:
-            self._stall = None
         self._paused = True
         self._set_live(False)
 
     def resumeProducing(self) -> None:
         """The transport drained: flush the queue in order, then catch up."""
         self._paused = False
-        self._stall = None
         if not self._ended:
             self._flush()
 
@@ -279,23 +273,6 @@ class Subscriber:
         """The connection is going away: the stream ends here."""
         self._paused = True
         self.end()
-
-    def stalled_for(self, now: float) -> float:
-        """
-        Seconds its socket has taken no byte while paused (0 while it reads).
-
-        Progress is what the transport reports as pending; where it cannot
-        say, the whole time paused counts as stalled.
-        """
-        if not self._paused or self._ended:
-            return 0.0
-        transport = self.transport
-        pending = _transport.pending_bytes(transport) if transport is not None else None
-        stall = self._stall
-        if stall is None or (pending is not None and stall[1] is not None and pending < stall[1]):
-            self._stall = (now, pending)  # the first look, or the peer read something
-            return 0.0
-        return now - stall[0]
 
     def _flush(self, force: bool = False) -> None:
         """
