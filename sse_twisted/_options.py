@@ -23,7 +23,6 @@ from twisted.python import usage
 from ._transport import endpoint_port
 
 __all__ = [
-    "DEFAULT_BACKLOG",
     "check_cookie_name",
     "check_endpoint",
     "check_endpoint_in",
@@ -38,31 +37,11 @@ __all__ = [
 ]
 
 
-#: The listen backlog of every socket the server opens unless its endpoint
-#: says otherwise. Twisted's default is 50: in a reconnection storm (every
-#: browser at once, after a deploy or a network blip) the kernel then drops
-#: SYNs and each dropped client waits a second before it tries again. The
-#: peers listen with 4,096 (Go with the kernel's maximum); Linux caps it at
-#: net.core.somaxconn.
-DEFAULT_BACKLOG = 4096
-
-#: Endpoint types whose listening socket takes a C{backlog} parameter.
-_BACKLOG_TYPES = frozenset({"tcp", "tcp6", "ssl", "unix"})
-_HAS_BACKLOG = re.compile(r"(?:^|[^\\]):backlog=")
-
-
 def endpoint_description(value: str) -> str:
-    """
-    An int means TCP on all interfaces; anything else is an endpoint string.
-    Either way a listening socket gets L{DEFAULT_BACKLOG} unless the
-    description gives its own C{backlog=}.
-    """
+    """An int means TCP on all interfaces; anything else is an endpoint string."""
     value = value.strip()
     if value.isdigit():
-        value = f"tcp:{value}"
-    kind = value.split(":", 1)[0].lower()
-    if kind in _BACKLOG_TYPES and ":" in value and not _HAS_BACKLOG.search(value):
-        value += f":backlog={DEFAULT_BACKLOG}"
+        return f"tcp:{value}"
     return value
 
 

@@ -6,6 +6,7 @@ its relay).
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from twisted.application.internet import StreamServerEndpointService
@@ -20,7 +21,7 @@ from twisted.python.failure import Failure
 from ._reactor import default_reactor
 from .broker import SSEBroker
 
-__all__ = ["CannotListen", "ListeningService", "SSEService"]
+__all__ = ["DEFAULT_BACKLOG", "CannotListen", "ListeningService", "SSEService", "with_backlog"]
 
 
 class CannotListen(SystemExit, Exception):
@@ -46,6 +47,31 @@ class CannotListen(SystemExit, Exception):
 
     def __str__(self) -> str:
         return str(self.args[0])
+
+
+#: The listen backlog of every socket the server opens unless its endpoint
+#: says otherwise. Twisted's default is 50: in a reconnection storm (every
+#: browser at once, after a deploy or a network blip) the kernel then drops
+#: SYNs and each dropped client waits a second before it tries again. The
+#: peers listen with 4,096 (Go with the kernel's maximum); Linux caps it at
+#: net.core.somaxconn.
+DEFAULT_BACKLOG = 4096
+
+#: Endpoint types whose listening socket takes a C{backlog} parameter.
+_BACKLOG_TYPES = frozenset({"tcp", "tcp6", "ssl", "unix"})
+#: A C{backlog=} parameter (not inside an escaped value).
+_HAS_BACKLOG = re.compile(r"(?:^|[^\\]):backlog=")
+
+
+def with_backlog(description: str) -> str:
+    """
+    C{description} with L{DEFAULT_BACKLOG} for a socket it listens on, unless
+    it gives its own C{backlog=}; other endpoint types as they are.
+    """
+    kind = description.split(":", 1)[0].lower()
+    if kind in _BACKLOG_TYPES and ":" in description and not _HAS_BACKLOG.search(description):
+        return f"{description}:backlog={DEFAULT_BACKLOG}"
+    return description
 
 
 def _reason(failure: Failure) -> str:
@@ -159,7 +185,7 @@ class ListeningService(StreamServerEndpointService):
         try:
             if self.endpoint is None:
                 reactor = default_reactor(self._reactor)
-                self.endpoint = serverFromString(reactor, self.description)
+                self.endpoint = serverFromString(reactor, with_backlog(self.description))
             self._waitingForPort = self.endpoint.listen(self.factory)
         except Exception:
             failed.append(Failure())

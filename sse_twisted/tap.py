@@ -259,7 +259,6 @@ class Options(usage.Options):
             )
         if self["overflow"] == "catchup" and self["history"] == 0:
             raise usage.UsageError("--overflow catchup needs a history (--history N, N > 0)")
-        self["port"] = endpoint_description(self["port"])  # the default too: its backlog
         check_endpoint_in(self["port"], self.parent)
         if self["redis"]:
             # find_spec, not an import: txredisapi imports (so installs) the

@@ -416,7 +416,7 @@ def test_port_files_are_found_from_twistd_rundir(tmp_path: Path) -> None:
     port = "ssl:8443:privateKey=key.pem:certKey=cert.pem"
     twistd = ServerOptions()
     twistd.parseOptions(["--rundir", str(tmp_path), "sse", "--port", port])
-    assert twistd.subOptions["port"] == port + ":backlog=4096"
+    assert twistd.subOptions["port"] == port
     with pytest.raises(usage.UsageError, match="No such file"):
         ServerOptions().parseOptions(["sse", "--port", port])  # not in this folder
 

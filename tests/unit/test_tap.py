@@ -21,7 +21,7 @@ def test_options_defaults() -> None:
     """Defaults are as documented."""
     o = Options()
     o.parseOptions([])
-    assert o["port"] == "tcp:8080:backlog=4096"
+    assert o["port"] == "tcp:8080"
     assert (o["path"], o["publish-path"], o["queue-size"], o["overflow"]) == (
         "/events",
         "/publish",
@@ -37,15 +37,11 @@ def test_options_defaults() -> None:
 
 
 def test_options_port_forms() -> None:
-    """
-    --port takes a number or an endpoint description; a listening socket gets
-    a backlog of 4,096 (sized for reconnection storms) unless it says its own.
-    """
+    """--port takes a number or an endpoint description."""
     for given, expected in [
-        ("9000", "tcp:9000:backlog=4096"),
-        ("tcp:80:interface=127.0.0.1", "tcp:80:interface=127.0.0.1:backlog=4096"),
-        ("unix:/run/sse.sock", "unix:/run/sse.sock:backlog=4096"),
-        ("tcp:80:backlog=16", "tcp:80:backlog=16"),
+        ("9000", "tcp:9000"),
+        ("tcp:80:interface=127.0.0.1", "tcp:80:interface=127.0.0.1"),
+        ("unix:/run/sse.sock", "unix:/run/sse.sock"),
     ]:
         o = Options()
         o.parseOptions(["--port", given])
@@ -108,9 +104,21 @@ def test_make_service() -> None:
     )
 
 
-def test_backlog_only_where_the_endpoint_listens() -> None:
-    """Endpoints that do not create their listening socket (systemd's) get no backlog."""
-    from sse_twisted._options import endpoint_description
+def test_backlog_where_the_endpoint_listens() -> None:
+    """
+    A listening socket gets a backlog of 4,096 (sized for reconnection storms)
+    unless its endpoint says its own; endpoints that do not create their
+    socket (systemd's) get none.
+    """
+    from sse_twisted.service import with_backlog
 
-    assert endpoint_description("systemd:domain=INET:index=0") == "systemd:domain=INET:index=0"
-    assert endpoint_description(r"unix:/tmp/a\:backlog=1") == r"unix:/tmp/a\:backlog=1:backlog=4096"
+    for given, expected in [
+        ("tcp:9000", "tcp:9000:backlog=4096"),
+        ("tcp:80:interface=127.0.0.1", "tcp:80:interface=127.0.0.1:backlog=4096"),
+        ("unix:/run/sse.sock", "unix:/run/sse.sock:backlog=4096"),
+        ("ssl:8443:privateKey=k.pem", "ssl:8443:privateKey=k.pem:backlog=4096"),
+        ("tcp:80:backlog=16", "tcp:80:backlog=16"),
+        (r"unix:/tmp/a\:backlog=1", r"unix:/tmp/a\:backlog=1:backlog=4096"),
+        ("systemd:domain=INET:index=0", "systemd:domain=INET:index=0"),
+    ]:
+        assert with_backlog(given) == expected, given
