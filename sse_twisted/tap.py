@@ -284,6 +284,8 @@ class Options(usage.Options):
         jwt = self["jwt-secret"] is not None or self["jwt-public-key"] is not None
         if self["private-channel"] and not jwt:
             raise usage.UsageError("--private-channel needs --jwt-secret or --jwt-public-key")
+        if self["jwt-allow-no-exp"] and not jwt:
+            raise usage.UsageError("--jwt-allow-no-exp needs --jwt-secret or --jwt-public-key")
         if self["jwt-cookie"] is not None:
             if not jwt:
                 raise usage.UsageError("--jwt-cookie needs --jwt-secret or --jwt-public-key")

@@ -163,6 +163,7 @@ def test_empty_jwt_secret() -> None:
     "argv, words",
     [
         (["--jwt-cookie", "token"], "--jwt-cookie needs"),
+        (["--jwt-allow-no-exp"], "--jwt-allow-no-exp needs"),
         (["--jwt-secret", "s" * 32, "--jwt-cookie", "my token"], "not a cookie name"),
         (["--jwt-secret", "s" * 32, "--jwt-cookie", "jéton"], "not a cookie name"),
     ],
