@@ -322,7 +322,8 @@ class SSEBroker(Publishing, Service):
             done = []
             for item in items:
                 event_id = item.id if item.id is not None else self.next_id()
-                done.append(Published(item, event_id, self.dispatch(item.framed(event_id))))
+                event = item.framed(event_id)
+                done.append(Published(item, event_id, self.dispatch(event), event))
             return done
         for index, item in enumerate(items):
             if item.id is not None:

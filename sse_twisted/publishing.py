@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from concurrent.futures import Future
-from typing import Any, NamedTuple
+from dataclasses import dataclass
+from typing import Any
 
 from twisted.internet.defer import Deferred, succeed
 
@@ -18,17 +19,22 @@ from .relay import IRelay
 __all__ = ["Published", "Publishing", "maybe_deferred"]
 
 
-class Published(NamedTuple):
+@dataclass(slots=True)
+class Published:
     """One published event: its id, and how many of this node's subscribers it went to."""
 
     item: Item
     id: str
     clients: int
+    #: The event as framed for delivery, when it was framed here.
+    framed: Event | None = None
 
     @property
     def event(self) -> Event:
-        """The event as subscribers receive it (framed on demand)."""
-        return self.item.framed(self.id)
+        """The event as subscribers receive it (framed once: here, or on first ask)."""
+        if self.framed is None:
+            self.framed = self.item.framed(self.id)
+        return self.framed
 
 
 class Publishing:

@@ -488,3 +488,20 @@ def test_http10_client_gets_unchunked_stream(clock: Clock) -> None:
     assert new.stream().endswith(ev.frame)
     (sub,) = [s for s in broker._subscribers if s.request.clientproto == b"HTTP/1.0"]
     assert sub.fast is None  # the chunk fast path is for HTTP/1.1 chunked responses only
+
+
+def test_publish_frames_each_event_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """publish() returns the very event it delivered: framed once, not again for the answer."""
+    from sse_twisted.event import Event, Item
+
+    framed: list[str | None] = []
+    original = Item.framed
+
+    def counting(self: Item, id: str | None = None) -> Event:
+        framed.append(id)
+        return original(self, id)
+
+    monkeypatch.setattr(Item, "framed", counting)
+    broker = SSEBroker(reactor=Clock(), heartbeat=0, id_prefix="t")
+    event = broker.publish("c", "e", {"n": 1})
+    assert framed == ["t-1"] and event.id == "t-1"  # type: ignore[union-attr]
