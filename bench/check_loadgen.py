@@ -6,6 +6,12 @@ odd-sized writes, and `loadgen sub` must count exactly the events in them:
 chunked and identity bodies, chunk extensions, CR / LF / CRLF line ends,
 comments, id/event/retry fields, multi-line data, "t"/"s" in any key order
 with or without spaces, and strings that merely contain the letters.
+Then the per-reader summaries: the "s" sequence (duplicates, gaps, events
+missing at the start or end against "published N"), and a "cut": every
+stream closed at once and reopened with Last-Event-ID (the id of the last
+event dispatched, per the WHATWG rules: an id-only block counts, an
+over-long id field is ignored), events published before the new headers
+counted as replayed, RECONNECTED reported.
 Run: python3 bench/check_loadgen.py  (after run.py has built bench/build/loadgen)
 """
 
@@ -18,6 +24,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 LOADGEN = Path(__file__).resolve().parent / "build" / "loadgen"
 
@@ -66,18 +73,160 @@ def serve(payload: bytes, step: int, conns: int, ready: threading.Event, port: l
     srv.close()
 
 
-def _check(name: str, out: str, conns: int) -> bool:
-    res = next(
+def _result(out: str) -> dict[str, Any] | None:
+    return next(
         (json.loads(line[7:]) for line in out.splitlines() if line.startswith("RESULT ")), None
     )
-    ok = bool(res) and (res["events"], res["warm_events"], res["comments"]) == (
-        MEASURED * conns,
-        WARM * conns,
-        COMMENTS * conns,
-    )
-    got = res and (res["events"], res["warm_events"], res["comments"], res["connected"])
-    print(f"{'ok  ' if ok else 'FAIL'} {name}: events, warm, comments, connected = {got}")
+
+
+def _check(name: str, out: str, conns: int) -> bool:
+    res = _result(out) or {}
+    ok = bool(res) and (
+        res["events"],
+        res["warm_events"],
+        res["comments"],
+        res["dups"],
+        res["gaps"],
+        res["sub_readers"],
+    ) == (MEASURED * conns, WARM * conns, COMMENTS * conns, 0, 0, conns)
+    got = res and (res["events"], res["warm_events"], res["comments"], res["dups"], res["gaps"])
+    print(f"{'ok  ' if ok else 'FAIL'} {name}: events, warm, comments, dups, gaps = {got}")
     return ok
+
+
+def _expect(name: str, res: dict[str, Any] | None, want: dict[str, Any]) -> bool:
+    """Every key of `want` has that value in the RESULT; print the difference if not."""
+    got = {k: (res or {}).get(k) for k in want}
+    ok = got == want
+    sys.stdout.flush()
+    print(f"{'ok  ' if ok else 'FAIL'} {name}" + ("" if ok else f": got {got}, want {want}"))
+    return ok
+
+
+def _send(p: subprocess.Popen[str], cmd: str) -> None:
+    assert p.stdin is not None
+    p.stdin.write(cmd + "\n")
+    p.stdin.flush()
+
+
+def _ask(p: subprocess.Popen[str], cmd: str, flag: str, timeout: float = 10) -> str:
+    """Send a command to `loadgen sub` and return its first answer line starting with `flag`
+    (the load generator's --time-limit bounds a read that gets nothing)."""
+    assert p.stdout is not None
+    _send(p, cmd)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        line = p.stdout.readline()
+        if not line:
+            break
+        if line.startswith(flag):
+            return line
+    raise TimeoutError(f"no {flag} from loadgen after {cmd!r}")
+
+
+def _wait_events(p: subprocess.Popen[str], n: int, timeout: float = 10) -> None:
+    """Poll `stat` until the load generator counted `n` measured events."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        stat = dict(kv.split("=") for kv in _ask(p, "stat", "STAT").split()[1:])
+        if int(stat["events"]) >= n:
+            return
+        time.sleep(0.05)
+    raise TimeoutError(f"loadgen did not count {n} events")
+
+
+HEAD = b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nConnection: close\r\n\r\n"
+
+
+def _ev(s: int, t: int = 1, id_: bytes | None = None, nl: bytes = b"\n") -> bytes:
+    """One measured event with sequence number `s` and publish time `t` (ns)."""
+    line = b"id: %s%s" % (id_, nl) if id_ is not None else b""
+    return line + b'data: {"t":%d,"s":%d}%s%s' % (t, s, nl, nl)
+
+
+def _loadgen(port: int, conns: int) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [str(LOADGEN), "sub", "--port", str(port), "--conns", str(conns), "--time-limit", "20"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+
+
+def check_sequence(conns: int = 2) -> bool:
+    """s = 0, 1, 1, 3 of 6 published: one duplicate, one gap, two missing at the end."""
+    body = _ev(0) + _ev(1) + _ev(1) + _ev(3)
+    ready, port = threading.Event(), list[int]()
+    t = threading.Thread(target=serve, args=(HEAD + body, 5, conns, ready, port), daemon=True)
+    t.start()
+    ready.wait(5)
+    p = _loadgen(port[0], conns)
+    t.join(15)
+    time.sleep(0.2)
+    out, _ = p.communicate("published 6\nquit\n", timeout=15)
+    want = {"events": 4 * conns, "dups": conns, "dup_clients": conns, "gaps": conns}
+    want |= {"lost_head": 0, "lost_tail": 2 * conns, "lossy_clients": conns, "published": 6}
+    return _expect("sequence summary: duplicate, gap, missing tail", _result(out), want)
+
+
+def check_cut(conns: int = 3) -> bool:
+    """A cut reopens every stream with the last dispatched id; replays count as replayed."""
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(2 * conns)
+    port = srv.getsockname()[1]
+    first = HEAD + (
+        _ev(0, id_=b"p-1")
+        + b"id: "
+        + b"x" * 300
+        + b'\ndata: {"w":1}\n\n'  # too long: ignored, p-1 stays
+        + _ev(1, id_=b"p-2", nl=b"\r\n")
+        + b"id: p-3\n\n"  # an id-only block is dispatched: the last id is p-3
+    )
+    requests: list[bytes] = []
+    p = _loadgen(port, conns)
+    ok = True
+    try:
+        socks = []
+        for _ in range(conns):
+            c, _ = srv.accept()
+            requests.append(c.recv(4096))
+            socks.append(c)
+        for c in socks:
+            for i in range(0, len(first), 7):
+                c.sendall(first[i : i + 7])
+        _wait_events(p, 2 * conns)
+        _send(p, "cut")
+        again = []
+        for _ in range(conns):
+            c, _ = srv.accept()
+            requests.append(c.recv(4096))
+            again.append(c)
+        # s=2 published long ago (replayed), s=3 far in the future (live)
+        for c in again:
+            c.sendall(HEAD + _ev(2, t=1, id_=b"p-4") + _ev(3, t=1 << 62, id_=b"p-5"))
+        reconnected = _ask(p, "stat", "RECONNECTED").split()
+        _wait_events(p, 4 * conns)
+        out, _ = p.communicate("published 4\nquit\n", timeout=15)
+        for c in socks + again:
+            c.close()
+    finally:
+        srv.close()
+        if p.poll() is None:
+            p.kill()
+    lei = [
+        next(
+            (h.split(b": ", 1)[1] for h in r.split(b"\r\n") if h.startswith(b"Last-Event-ID")), None
+        )
+        for r in requests
+    ]
+    want_lei = [None] * conns + [b"p-3"] * conns
+    ok = lei == want_lei and reconnected == ["RECONNECTED", str(conns), "0"]
+    print(f"{'ok  ' if ok else 'FAIL'} cut: Last-Event-ID sent = {lei}, {' '.join(reconnected)}")
+    want = {"cut": conns, "reconnected": conns, "refailed": 0, "replayed": conns}
+    want |= {"replayed_clients": conns, "replayed_max": 1, "dups": 0, "gaps": 0}
+    want |= {"lost_head": 0, "lost_tail": 0, "lossy_clients": 0, "events": 4 * conns}
+    return _expect("cut: reconnected, replayed, nothing lost", _result(out), want) and ok
 
 
 def main() -> int:
@@ -111,7 +260,7 @@ def main() -> int:
     ]
     ok = True
     for name, head, body, step in cases:
-        ready, port = threading.Event(), []
+        ready, port = threading.Event(), list[int]()
         t = threading.Thread(target=serve, args=(head + body, step, 3, ready, port), daemon=True)
         t.start()
         ready.wait(5)
@@ -125,6 +274,8 @@ def main() -> int:
         time.sleep(0.2)
         out, _ = p.communicate("quit\n", timeout=15)
         ok &= _check(name, out, 3)
+    ok &= check_sequence()
+    ok &= check_cut()
     print("loadgen decoding:", "all ok" if ok else "FAILED")
     return 0 if ok else 1
 

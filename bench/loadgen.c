@@ -21,9 +21,26 @@
  *   out: "WARM n"         every connected reader has seen >= 1 event
  *   out: "DONE n"         --expect measured events reached on every reader,
  *                         or the "total" target reached
+ *   out: "RECONNECTED c f" every reader cut by "cut" got its headers again
+ *                         (c) or failed to (f)
  *   out: "STAT k=v ..."   answer to "stat"
  *   in:  "stat" | "total N" | "reset" | "quit"   (EOF on stdin = quit)
+ *   in:  "go"             start connecting (with --wait-go: several processes
+ *                         then open their streams at the same moment)
+ *   in:  "cut"            close every reader's socket at once (like a proxy
+ *                         dropping them) and reconnect each at once, sending
+ *                         Last-Event-ID: the last id it received, if any
+ *   in:  "published N"    measured events 0..N-1 were published (round robin
+ *                         over --channels): RESULT then counts each reader's
+ *                         missing events against the ones of its channel
  * At exit it prints one JSON object on a line starting with "RESULT ".
+ *
+ * Besides counts, each reader keeps a compact summary of the "s" sequence
+ * numbers it received (the publisher numbers its events 0, 1, ...; with
+ * --channels M and round robin, channel k gets s = k, k+M, ...): the last s,
+ * duplicates (an s not above the last one) and gaps (s skipped), and the
+ * times of its connect, headers and first body bytes. Counts of dups/gaps
+ * are only meaningful with a round-robin publisher.
  */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
@@ -145,6 +162,7 @@ enum { ST_CONNECTING, ST_HDR, ST_BODY, ST_STALLED, ST_DEAD };
 enum { CS_SIZE, CS_EXT, CS_SIZE_LF, CS_DATA, CS_DATA_CR, CS_DATA_LF, CS_END, CS_IDENTITY };
 enum { PS_LINESTART, PS_NAME, PS_VALSTART, PS_VALUE, PS_COMMENT };
 enum { F_OTHER, F_DATA, F_EVENT, F_ID, F_RETRY };
+#define MAX_ID 96 /* longest event id kept for Last-Event-ID (sse_twisted's are ~16 bytes) */
 
 typedef struct {
     int fd;
@@ -168,6 +186,26 @@ typedef struct {
     uint32_t ncomments;
     char *hdr;
     uint32_t hdr_len;
+    /* the s sequence received since "reset" (see the top of the file) */
+    int64_t first_s, last_s; /* -1: none yet */
+    uint32_t dups, gaps;
+    /* times (CLOCK_MONOTONIC ns) of the first connection: connect() called,
+     * headers complete, first body byte */
+    uint64_t t_start, t_hdr, t_body;
+    /* across a "cut": state 1 = reconnecting, 2 = headers again */
+    uint8_t cut;
+    uint64_t t_rehdr;        /* headers of the new connection */
+    uint64_t t_caught;       /* last event received that was published before t_rehdr */
+    uint32_t replayed;       /* events received after the cut published before t_rehdr */
+    int64_t cut_s;           /* last s before the cut */
+    /* event ids: the id field being read, WHATWG's "last event ID buffer"
+     * (pend_id) and "last event ID string" (last_id, set on dispatch); an id
+     * field longer than MAX_ID or with a NUL is ignored, as the spec ignores
+     * one with a NUL */
+    uint8_t id_tmp_len, pend_id_len, last_id_len, id_over;
+    char id_tmp[MAX_ID];
+    char pend_id[MAX_ID];
+    char last_id[MAX_ID];
 } conn_t;
 
 static conn_t *conns;
@@ -182,6 +220,12 @@ static uint64_t total_target;
 static uint64_t lat_n;
 static long min_ev_dummy;
 static int announced_connected, announced_warm, announced_done;
+static int opt_wait_go, go_started = 1, want_cut;
+static int n_cut, n_reconnected, n_refailed, announced_reconnected;
+static uint64_t t_cut;
+static long n_published = -1; /* "published N": events 0..N-1 went out */
+static uint64_t sub_hist[HBUCKETS];   /* headers - connect() start, us, first connections */
+static uint64_t resub_hist[HBUCKETS]; /* headers - cut, us, reconnections */
 static int err_connect, err_status, err_eof_hdr, err_reset;
 static uint64_t cur_now;
 
@@ -198,7 +242,8 @@ static void conn_dead(conn_t *c, int before_headers) {
     if (before_headers) {
         if (c->state == ST_CONNECTING || c->state == ST_HDR) {
             pending--;
-            n_failed++;
+            if (c->cut == 1) n_refailed++;
+            else n_failed++;
         }
     } else if (c->state == ST_BODY || c->state == ST_STALLED) {
         n_closed++;
@@ -206,9 +251,31 @@ static void conn_dead(conn_t *c, int before_headers) {
     c->state = ST_DEAD;
 }
 
+static void track_s(conn_t *c) {
+    int64_t s = (int64_t)c->s;
+    int64_t step = opt_channels > 0 ? opt_channels : 1;
+    if (c->last_s < 0) {
+        c->first_s = c->last_s = s;
+    } else if (s <= c->last_s) {
+        c->dups++;
+    } else {
+        c->gaps += (uint32_t)((s - c->last_s) / step - 1);
+        c->last_s = s;
+    }
+    if (c->cut == 2 && c->t < c->t_rehdr) {
+        /* published before this stream was subscribed again: a replay */
+        c->replayed++;
+        c->t_caught = cur_now;
+    }
+}
+
 static void dispatch(conn_t *c) {
+    /* WHATWG: the last event ID string is set on every dispatch, data or not */
+    memcpy(c->last_id, c->pend_id, c->pend_id_len);
+    c->last_id_len = c->pend_id_len;
     if (c->has_data) {
         if (c->has_t && c->has_s) {
+            track_s(c);
             c->nevents++;
             total_events++;
             if (!first_ns) first_ns = cur_now;
@@ -301,7 +368,14 @@ static void end_line(conn_t *c) {
         if (c->pstate == PS_NAME) {
             /* field with no colon: name is the whole line, value empty */
             if (c->fname_len == 4 && memcmp(c->fname, "data", 4) == 0) c->field = F_DATA;
-            else c->field = F_OTHER;
+            else if (c->fname_len == 2 && memcmp(c->fname, "id", 2) == 0) {
+                c->field = F_ID;
+                c->id_over = c->id_tmp_len = 0;
+            } else c->field = F_OTHER;
+        }
+        if (c->field == F_ID && !c->id_over) {
+            memcpy(c->pend_id, c->id_tmp, c->id_tmp_len);
+            c->pend_id_len = c->id_tmp_len;
         }
         if (c->field == F_DATA) {
             if (c->num && c->ndig) match_finish_num(c);
@@ -344,6 +418,7 @@ static void sse_feed(conn_t *c, const char *p, size_t n) {
                 else if (c->fname_len == 5 && memcmp(c->fname, "retry", 5) == 0) c->field = F_RETRY;
                 else c->field = F_OTHER;
                 if (c->field == F_DATA && c->has_data == 0) c->m = c->num = 0;
+                if (c->field == F_ID) c->id_tmp_len = c->id_over = 0;
                 c->pstate = PS_VALSTART;
             } else if (c->fname_len < sizeof c->fname) {
                 c->fname[c->fname_len++] = ch;
@@ -357,6 +432,10 @@ static void sse_feed(conn_t *c, const char *p, size_t n) {
             /* fall through */
         case PS_VALUE:
             if (c->field == F_DATA) match_byte(c, ch);
+            else if (c->field == F_ID) {
+                if (ch == 0 || c->id_tmp_len >= MAX_ID) c->id_over = 1;
+                else c->id_tmp[c->id_tmp_len++] = ch;
+            }
             break;
         case PS_COMMENT:
             break;
@@ -449,6 +528,15 @@ static void got_headers(conn_t *c, char *hdr, size_t hlen) {
     }
     c->state = ST_BODY;
     pending--;
+    if (c->cut == 1) {
+        c->cut = 2;
+        c->t_rehdr = cur_now;
+        n_reconnected++;
+        resub_hist[hidx((cur_now - t_cut) / 1000)]++;
+        return;
+    }
+    c->t_hdr = cur_now;
+    sub_hist[hidx((cur_now - c->t_start) / 1000)]++;
     n_connected++;
     readers_connected++;
 }
@@ -473,6 +561,7 @@ static void on_readable(conn_t *c) {
         }
         total_bytes += (uint64_t)r;
         cur_now = now_ns();
+        if (!c->t_body && c->state == ST_BODY) c->t_body = cur_now;
         const char *p = rbuf;
         size_t n = (size_t)r;
         if (c->state == ST_HDR) {
@@ -502,7 +591,10 @@ static void on_readable(conn_t *c) {
             p += used_from_read;
             n -= used_from_read;
         }
-        if (n) body_feed(c, p, n);
+        if (n) {
+            if (!c->t_body) c->t_body = cur_now;
+            body_feed(c, p, n);
+        }
         if ((size_t)r < sizeof rbuf) return;
     }
 }
@@ -510,11 +602,14 @@ static void on_readable(conn_t *c) {
 static char reqbuf[512];
 
 static void start_conns(void) {
+    if (!go_started) return;
     while (started < opt_conns && pending < opt_max_pending) {
         int idx = started++;
         conn_t *c = &conns[idx];
         memset(c, 0, sizeof *c);
+        c->first_s = c->last_s = c->cut_s = -1;
         c->stalled = idx < opt_stalled;
+        c->t_start = now_ns();
         c->fd = open_conn(idx);
         if (c->fd < 0) {
             err_connect++;
@@ -529,6 +624,47 @@ static void start_conns(void) {
     }
 }
 
+/* "cut": close every reader's socket at once, then open them all again at
+ * once (no --max-pending limit: a storm), each to send its Last-Event-ID. */
+static void cut_all(void) {
+    t_cut = now_ns();
+    int k = 0;
+    for (int i = 0; i < started; i++) {
+        conn_t *c = &conns[i];
+        if (c->state != ST_BODY || c->cut) continue;
+        epoll_ctl(epfd, EPOLL_CTL_DEL, c->fd, NULL);
+        close(c->fd);
+        c->fd = -1;
+        c->cut = 1;
+        c->cut_s = c->last_s;
+        c->state = ST_DEAD;
+        k++;
+    }
+    n_cut += k;
+    for (int i = 0; i < started; i++) {
+        conn_t *c = &conns[i];
+        if (c->cut != 1 || c->state != ST_DEAD) continue;
+        /* a fresh parser; the s summary and the last event id are kept */
+        c->cstate = c->pstate = c->field = c->cr = c->m = c->num = 0;
+        c->has_data = c->has_t = c->has_s = 0;
+        c->chunk_left = 0;
+        c->hdr_len = 0;
+        memcpy(c->pend_id, c->last_id, c->last_id_len);
+        c->pend_id_len = c->last_id_len;
+        c->id_over = 0;
+        c->fd = open_conn(i);
+        if (c->fd < 0) {
+            err_connect++;
+            n_refailed++;
+            continue;
+        }
+        c->state = ST_CONNECTING;
+        pending++;
+        struct epoll_event ev = {.events = EPOLLOUT, .data.u32 = (uint32_t)i};
+        if (epoll_ctl(epfd, EPOLL_CTL_ADD, c->fd, &ev) < 0) die("epoll_ctl");
+    }
+}
+
 static void on_connect(conn_t *c, int idx) {
     int err = 0;
     socklen_t el = sizeof err;
@@ -539,16 +675,19 @@ static void on_connect(conn_t *c, int idx) {
         return;
     }
     int len;
+    char lei[MAX_ID + 24] = "";
+    if (c->cut && c->last_id_len)
+        snprintf(lei, sizeof lei, "Last-Event-ID: %.*s\r\n", (int)c->last_id_len, c->last_id);
     if (opt_channels > 0)
         len = snprintf(reqbuf, sizeof reqbuf,
                        "GET %s?channel=ch%d HTTP/1.1\r\nHost: %s:%d\r\nAccept: text/event-stream\r\n"
-                       "Cache-Control: no-cache\r\n\r\n",
-                       opt_path, idx % opt_channels, opt_host, opt_port);
+                       "Cache-Control: no-cache\r\n%s\r\n",
+                       opt_path, idx % opt_channels, opt_host, opt_port, lei);
     else
         len = snprintf(reqbuf, sizeof reqbuf,
                        "GET %s HTTP/1.1\r\nHost: %s:%d\r\nAccept: text/event-stream\r\n"
-                       "Cache-Control: no-cache\r\n\r\n",
-                       opt_path, opt_host, opt_port);
+                       "Cache-Control: no-cache\r\n%s\r\n",
+                       opt_path, opt_host, opt_port, lei);
     if (write(c->fd, reqbuf, (size_t)len) != len) {
         err_connect++;
         conn_dead(c, 1);
@@ -575,6 +714,72 @@ static void print_stat(const char *prefix) {
            (unsigned long long)total_events, (unsigned long long)total_warm,
            (unsigned long long)total_comments, (unsigned long long)total_bytes);
     fflush(stdout);
+}
+
+static void print_hist(const char *name, const uint64_t *h) {
+    printf(",\"%s\":[", name);
+    int first = 1;
+    for (int i = 0; i < HBUCKETS; i++)
+        if (h[i]) {
+            printf("%s[%.1f,%llu]", first ? "" : ",", hmid(i), (unsigned long long)h[i]);
+            first = 0;
+        }
+    printf("]");
+}
+
+/* The subscribe times, the s summaries and the cut of every reader, as
+ * JSON members (without braces) after RESULT's counts. */
+static void print_sequences(void) {
+    uint64_t t0 = 0, hdr_max = 0, body_max = 0, rehdr_max = 0, caught_max = 0;
+    uint64_t dups = 0, gaps = 0, head = 0, tail = 0, replayed = 0;
+    int readers = 0, with_body = 0, lossy = 0, duped = 0, replayed_clients = 0;
+    uint32_t replayed_max = 0;
+    int64_t step = opt_channels > 0 ? opt_channels : 1;
+    for (int i = 0; i < started; i++) {
+        conn_t *c = &conns[i];
+        if (c->t_start && (!t0 || c->t_start < t0)) t0 = c->t_start;
+        if (!c->t_hdr || c->stalled) continue;
+        readers++;
+        if (c->t_hdr > hdr_max) hdr_max = c->t_hdr;
+        if (c->t_body) {
+            with_body++;
+            if (c->t_body > body_max) body_max = c->t_body;
+        }
+        dups += c->dups;
+        gaps += c->gaps;
+        if (c->dups) duped++;
+        if (c->cut == 2) {
+            uint64_t caught = c->t_caught ? c->t_caught : c->t_rehdr;
+            if (caught > caught_max) caught_max = caught;
+            if (c->t_rehdr > rehdr_max) rehdr_max = c->t_rehdr;
+            replayed += c->replayed;
+            if (c->replayed) replayed_clients++;
+            if (c->replayed > replayed_max) replayed_max = c->replayed;
+        }
+        if (n_published >= 0) {
+            int64_t k = opt_channels > 0 ? i % opt_channels : 0;
+            int64_t n_exp = n_published > k ? (n_published - 1 - k) / step + 1 : 0;
+            int64_t h = c->last_s < 0 ? n_exp : (c->first_s - k) / step;
+            int64_t t = c->last_s < 0 ? 0 : (k + (n_exp - 1) * step - c->last_s) / step;
+            if (h < 0) h = 0;
+            if (t < 0) t = 0;
+            head += (uint64_t)h;
+            tail += (uint64_t)t;
+            if (h || t || c->gaps) lossy++;
+        }
+    }
+    printf(",\"sub_t0_ns\":%llu,\"sub_hdr_max_ns\":%llu,\"sub_body_max_ns\":%llu,\"sub_readers\":%d,"
+           "\"sub_with_body\":%d,\"dups\":%llu,\"dup_clients\":%d,\"gaps\":%llu,\"published\":%ld,"
+           "\"lost_head\":%llu,\"lost_tail\":%llu,\"lossy_clients\":%d,\"cut\":%d,\"reconnected\":%d,"
+           "\"refailed\":%d,\"t_cut_ns\":%llu,\"rehdr_max_ns\":%llu,\"caught_max_ns\":%llu,"
+           "\"replayed\":%llu,\"replayed_clients\":%d,\"replayed_max\":%u",
+           (unsigned long long)t0, (unsigned long long)hdr_max, (unsigned long long)body_max, readers, with_body,
+           (unsigned long long)dups, duped, (unsigned long long)gaps, n_published, (unsigned long long)head,
+           (unsigned long long)tail, lossy, n_cut, n_reconnected, n_refailed, (unsigned long long)t_cut,
+           (unsigned long long)rehdr_max, (unsigned long long)caught_max, (unsigned long long)replayed,
+           replayed_clients, replayed_max);
+    print_hist("sub_hist_us", sub_hist);
+    print_hist("resub_hist_us", resub_hist);
 }
 
 static void print_result(const char *why) {
@@ -607,7 +812,9 @@ static void print_result(const char *why) {
             printf("%s[%.1f,%llu]", first ? "" : ",", hmid(i), (unsigned long long)hist[i]);
             first = 0;
         }
-    printf("]}\n");
+    printf("]");
+    print_sequences();
+    printf("}\n");
     fflush(stdout);
 }
 
@@ -640,9 +847,14 @@ static int on_stdin(void) {
             for (int i = 0; i < started; i++) {
                 conns[i].nevents = 0;
                 conns[i].complete = 0;
+                conns[i].first_s = conns[i].last_s = -1;
+                conns[i].dups = conns[i].gaps = 0;
             }
             announced_done = 0;
-        } else if (strcmp(cmdbuf, "quit") == 0) quit = 1;
+        } else if (strcmp(cmdbuf, "go") == 0) go_started = 1;
+        else if (strcmp(cmdbuf, "cut") == 0) want_cut = 1; /* done between epoll batches */
+        else if (strncmp(cmdbuf, "published ", 10) == 0) n_published = strtol(cmdbuf + 10, NULL, 10);
+        else if (strcmp(cmdbuf, "quit") == 0) quit = 1;
         size_t used = (size_t)(nl - cmdbuf) + 1;
         memmove(cmdbuf, nl + 1, cmdlen - used);
         cmdlen -= used;
@@ -667,8 +879,18 @@ static int run_sub(void) {
     const char *why = "time-limit";
     int readers_target = opt_conns - opt_stalled;
     (void)min_ev_dummy;
+    if (opt_wait_go) go_started = 0;
     for (;;) {
+        if (want_cut) {
+            want_cut = 0;
+            cut_all();
+        }
         start_conns();
+        if (n_cut && !announced_reconnected && n_reconnected + n_refailed >= n_cut) {
+            announced_reconnected = 1;
+            printf("RECONNECTED %d %d\n", n_reconnected, n_refailed);
+            fflush(stdout);
+        }
         if (!announced_connected && n_connected + n_failed >= opt_conns) {
             announced_connected = 1;
             printf("CONNECTED %d %d\n", n_connected, n_failed);
@@ -979,7 +1201,7 @@ static int run_pub(void) {
 static void usage(void) {
     fprintf(stderr,
             "usage: loadgen sub --port P [--host H] [--conns N] [--stalled S] [--channels M] [--expect E]\n"
-            "                   [--max-pending K] [--src a,b] [--path /events] [--time-limit SEC]\n"
+            "                   [--max-pending K] [--src a,b] [--path /events] [--time-limit SEC] [--wait-go]\n"
             "       loadgen pub --port P [--host H] [--count N] [--rate R] [--size B] [--conns K]\n"
             "                   [--channel C | --channels M [--rr]] [--event E] [--warm] [--time-limit SEC]\n");
     exit(2);
@@ -1012,6 +1234,7 @@ int main(int argc, char **argv) {
         else if (OPT("--event")) opt_event = v;
         else if (OPT("--seed")) rng = strtoull(v, NULL, 10) | 1;
         else if (strcmp(a, "--warm") == 0) opt_warm = 1;
+        else if (strcmp(a, "--wait-go") == 0) opt_wait_go = 1;
         else if (strcmp(a, "--rr") == 0) opt_rr = 1;
         else usage();
 #undef OPT

@@ -44,7 +44,19 @@ DEFAULT_SCENARIOS = ["idle", "burst", "paced", "slow", "channels"]
 REDIS_SCENARIOS = ["redis-burst", "redis-paced"]  # `--scenarios redis` selects both
 REDIS_SETUPS = ["single", "redis-2"]  # what these scenarios compare, instead of the servers
 REDIS_REF = "single"
-ALL_SCENARIOS = ["idle", "burst", "paced", "slow", "capacity", "channels", *REDIS_SCENARIOS]
+#: subscribe and storm come after burst: the storm's bound uses this run's subscribe time and
+#: burst CPU per delivered event (targets.add_storm_bounds).
+ALL_SCENARIOS = [
+    "idle",
+    "burst",
+    "paced",
+    "slow",
+    "capacity",
+    "channels",
+    "subscribe",
+    "storm",
+    *REDIS_SCENARIOS,
+]
 PAD_100B = 64  # pad length that makes an event's JSON data about 100 bytes
 
 # Scenario sizes; a pair is (full run, --quick smoke run), a single value is both.
@@ -67,6 +79,19 @@ _SIZES: dict[str, dict[str, Any]] = {
         "events": (2000, 500),
         "pad": PAD_100B,
         "control": 10,
+    },
+    "subscribe": {"conns": (5000, 500)},
+    # 200 events/s to all 5,000 would be 1 M deliveries/s, 8 s of CPU a second even at
+    # sse_twisted's burst cost: no server here carries it. Round robin over 50 channels
+    # keeps 200/s through the server (and its history: 1,000 events = 5 s) at 20,000
+    # deliveries/s; each stream gets 4 events/s.
+    "storm": {
+        "conns": (5000, 500),
+        "channels": (50, 10),
+        "rate": 200,
+        "before": (3, 1.5),
+        "after": (5, 2.5),
+        "pad": PAD_100B,
     },
     "redis-burst": {"conns": (1000, 200), "procs": 2, "events": (200, 50), "pad": PAD_100B},
     "redis-paced": {

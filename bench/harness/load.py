@@ -36,6 +36,7 @@ class LoadSub:
         expect: int = 0,
         src: str | None = None,
         max_pending: int = 48,
+        wait_go: bool = False,
     ) -> None:
         args = [str(LOADGEN), "sub"]
         args += _options(
@@ -49,6 +50,8 @@ class LoadSub:
         )
         if src:
             args += _options(src=src)
+        if wait_go:
+            args.append("--wait-go")
         self.proc = subprocess.Popen(
             pinned(LOAD_CPU, args),
             stdin=subprocess.PIPE,
@@ -256,10 +259,13 @@ def connect(
     connect_timeout: float = 60,
     src_base: int = 0,
     ports: list[int] | None = None,
+    at_once: bool = False,
 ) -> tuple[Subs, float, dict[str, int]]:
     """Open `conns` streams over `procs` load processes; return when all resolved.
 
     With `ports`, load process i connects to ports[i % len(ports)] instead of `port`.
+    With `at_once`, every process opens all its streams at once (no cap on the
+    connects in flight), and all processes start together on one "go": a storm.
     """
     t0 = time.monotonic()
     per = [conns // procs + (1 if i < conns % procs else 0) for i in range(procs)]
@@ -275,9 +281,13 @@ def connect(
                 channels=channels,
                 expect=expect,
                 src=src,
+                max_pending=n if at_once else 48,
+                wait_go=at_once,
             )
         )
     group = Subs(subs)
+    if at_once:
+        group.send("go")
     ok = group.wait_all("CONNECTED", connect_timeout)
     st = group.stat()
     st["all_resolved"] = int(ok)

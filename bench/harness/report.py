@@ -61,6 +61,23 @@ COLUMNS: dict[str, list[Column]] = {
         _CPU_PER_EVENT,
         _DELIVERED,
     ],
+    "subscribe": [
+        ("subscribe_s", "all subscribed s", ".3f"),
+        ("sub_p50_ms", "p50 ms", ".1f"),
+        ("sub_p99_ms", "p99 ms", ".1f"),
+        ("cpu_us_per_subscribe", "CPU µs/subscribe", ".0f"),
+        ("subscribed", "subscribed", ".0f"),
+    ],
+    "storm": [
+        ("lost", "lost", ".0f"),
+        ("dups", "duplicated", ".0f"),
+        ("lossy_clients", "clients with loss", ".0f"),
+        ("reconnect_s", "all reconnected s", ".3f"),
+        ("catchup_s", "all caught up s", ".3f"),
+        ("bound_s", "bound s", ".3f"),
+        ("missed_per_client", "missed/client", ".1f"),
+        _DELIVERED,
+    ],
     "redis-burst": [
         _EVENTS_PER_S,
         _DELIVERED,
@@ -82,6 +99,12 @@ DESCRIPTIONS = {
     "then a burst of {events} events",
     "channels": "channels: {conns} subscribers over {channels} channels, {events} events each to one random "
     "channel; control = {control} subscribers on one channel alone",
+    "subscribe": "subscribe: {conns} clients open at once; time from the first connect to the last client's "
+    "headers, per-client p50/p99, server CPU per subscribe",
+    "storm": "reconnect storm: {conns} subscribers over {channels} channels, {rate} events/s round robin; "
+    "after {before} s every stream is cut at once and reconnects at once with Last-Event-ID, {after} s more "
+    "of events; lost/duplicated ids per stream, time from the cut until every stream has everything "
+    "published before it subscribed again; bound = 1.5 × (subscribe time + N × missed × burst CPU/event)",
     "redis-burst": "scale-out burst: {conns} subscribers over {procs} load processes (redis-2: half on each "
     "node), {events} events of ~100 B back to back, all published to the first node",
     "redis-paced": "scale-out paced: {conns} subscribers over {procs} load processes (redis-2: half on each "

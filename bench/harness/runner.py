@@ -13,7 +13,7 @@ from .profiling import profile
 from .report import progress_line, render
 from .scenarios import SCENARIOS
 from .servers import Cluster, Server
-from .targets import check_targets, scale_out_summary
+from .targets import add_storm_bounds, check_targets, scale_out_summary
 
 
 class Results:
@@ -92,6 +92,7 @@ def report(
 ) -> None:
     """Print the tables, and keep them in table.md and the JSON."""
     runs = results.runs
+    add_storm_bounds(runs)
     findings = [
         ("scale-out: what Redis adds", scale_out_summary(runs, scenarios)),
         ("targets", check_targets(runs, servers, ref)),

@@ -2,7 +2,8 @@
 returns its metrics; keys starting with "_" are raw data kept only in the JSON.
 
 burst, paced and the redis-* pair are the one delivery measurement (delivery.py);
-idle, slow, capacity and channels are here.
+subscribe and storm, the connection storms, are in storms.py; idle, slow, capacity
+and channels are here.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from .load import Subs, connect, prewarm, run_pub, warm_up
 from .metrics import per, span_s, strip, total
 from .procfs import RssSampler, Usage, proc_fds, proc_mem_kib
 from .servers import Server
+from .storms import sc_storm, sc_subscribe
 
 
 def _publish_measured(
@@ -239,6 +241,8 @@ SCENARIOS: dict[str, Callable[[Any, dict[str, Any]], dict[str, Any]]] = {
     "slow": sc_slow,
     "capacity": sc_capacity,
     "channels": sc_channels,
+    "subscribe": sc_subscribe,
+    "storm": sc_storm,
     "redis-burst": sc_burst,
     "redis-paced": sc_paced,
 }

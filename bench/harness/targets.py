@@ -6,7 +6,38 @@ from __future__ import annotations
 from typing import Any
 
 from .config import PY_PEERS, REDIS_SETUPS, REFERENCE, SSE_HISTORY
-from .report import fmt, median
+from .report import fmt, median, summarize
+
+
+def add_storm_bounds(runs: list[dict[str, Any]]) -> None:
+    """Put the issue's bound next to each storm run's catch-up time (metrics "bound_s"):
+    1.5 x (subscribe time for N + N x events each missed x burst CPU per delivered event),
+    with this run's medians of the same server's `subscribe` and `burst` scenarios, or,
+    when they did not run, the storm's own figures (its streams also opened at once; its
+    CPU per event before the cut, at the storm's rate)."""
+    for run in runs:
+        m = run.get("metrics")
+        if run["scenario"] != "storm" or not m:
+            continue
+        name = run["server"]
+        sub, sub_from = median(runs, "subscribe", name, "subscribe_s"), "subscribe"
+        if sub is None:
+            sub, sub_from = m.get("initial_subscribe_s"), "storm's own connect"
+        cpu, cpu_from = median(runs, "burst", name, "cpu_us_per_event"), "burst"
+        if cpu is None:
+            cpu, cpu_from = m.get("precut_cpu_us_per_event"), "storm before the cut"
+        n, missed = m.get("reconnected") or m.get("subscribers"), m.get("missed_per_client")
+        if sub is None or cpu is None or missed is None or not n:
+            continue
+        m["bound_s"] = 1.5 * (sub + n * missed * cpu / 1e6)
+        m["bound_inputs"] = {
+            "subscribe_s": sub,
+            "subscribe_from": sub_from,
+            "clients": n,
+            "missed_per_client": missed,
+            "cpu_us_per_event": cpu,
+            "cpu_from": cpu_from,
+        }
 
 
 def scale_out_summary(runs: list[dict[str, Any]], scenarios: list[str]) -> list[str]:
@@ -101,6 +132,7 @@ def check_targets(runs: list[dict[str, Any]], servers: list[str], ref: str) -> l
             f"{hist:.1f} + 16 MiB allowance for buffers; 2nd phase growth {g2:.1f} MiB ≤ 4 + {hist2:.1f} of history (floor: "
             f"{fmt(floor, '.1f')}); readers complete {rc:.0f}"
         )
+    out += _storm_targets(runs, servers, ref)
     sc = med("channels", ref, "scaling")
     if sc is not None:
         fl, go = med("channels", "twisted-floor", "scaling"), med("channels", "go-gin", "scaling")
@@ -108,5 +140,45 @@ def check_targets(runs: list[dict[str, Any]], servers: list[str], ref: str) -> l
             f"{'PASS' if sc <= 1.5 else 'FAIL'}: channels: CPU per publish with all subscribers / with "
             f"the control alone = {sc:.2f}, target ≤ 1.5 (≈ 1 when cost follows matching subscribers; "
             f"twisted-floor's dict index {fmt(fl, '.2f')}, go-gin's scan of all clients {fmt(go, '.2f')})"
+        )
+    return out
+
+
+def _storm_targets(runs: list[dict[str, Any]], servers: list[str], ref: str) -> list[str]:
+    """Issue #12's connection-storm targets: subscribe time ≤ 1.5x the twisted.web floor's
+    and CPU per subscribe ≤ 1.2x its; in the reconnect storm nothing lost or duplicated
+    in any round and the median catch-up within the median bound."""
+    out = []
+
+    def med(sc: str, s: str, key: str) -> float | None:
+        return median(runs, sc, s, key)
+
+    floor = "twisted-floor"
+    t, ft = med("subscribe", ref, "subscribe_s"), med("subscribe", floor, "subscribe_s")
+    c, fc = (
+        med("subscribe", ref, "cpu_us_per_subscribe"),
+        med("subscribe", floor, "cpu_us_per_subscribe"),
+    )
+    if t is not None and ft and c is not None and fc:
+        verdict = "PASS" if t <= 1.5 * ft and c <= 1.2 * fc else "FAIL"
+        out.append(
+            f"{verdict}: subscribe: all subscribed in {t:.3f} s vs the floor's {ft:.3f} s (×{t / ft:.2f}, "
+            f"target ≤ 1.5); CPU per subscribe {c:.0f} µs vs {fc:.0f} µs (×{c / fc:.2f}, target ≤ 1.2)"
+        )
+    st = summarize(runs, "storm", servers)
+    mine = st.get(ref)
+    if mine and "lost" in mine:
+        lost, dups = mine["lost"]["max"], mine.get("dups", {}).get("max", 0)
+        cu, bound = med("storm", ref, "catchup_s"), med("storm", ref, "bound_s")
+        ok = lost == 0 and dups == 0 and cu is not None and bound is not None and cu <= bound
+        peers = ", ".join(
+            f"{s} {fmt(med('storm', s, 'lost_per_client'), '.1f')}"
+            for s in servers
+            if s != ref and s in st
+        )
+        out.append(
+            f"{'PASS' if ok else 'FAIL'}: reconnect storm: lost {lost:.0f}, duplicated {dups:.0f} (worst "
+            f"round; target 0); all caught up {fmt(cu, '.3f')} s after the cut, bound {fmt(bound, '.3f')} s"
+            + (f"; peers (no resume) lose per client: {peers}" if peers else "")
         )
     return out
