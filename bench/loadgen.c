@@ -963,6 +963,7 @@ static const char *opt_channel = "bench", *opt_event = "tick";
 static pconn_t *pconns;
 static long p_sent, p_ok, p_non2xx, p_err, p_reconnects;
 static uint64_t p_first_ns, p_last_send_ns, p_last_resp_ns;
+static uint64_t p_max_wait_ns; /* longest time a POST waited for its response */
 static char *pad;
 static uint64_t rng = 0x9E3779B97F4A7C15ull;
 
@@ -1095,6 +1096,7 @@ static int p_try_response(pconn_t *pc) {
     memmove(pc->in, pc->in + need, pc->in_len - need);
     pc->in_len -= need;
     p_last_resp_ns = now_ns();
+    if (p_last_resp_ns - pc->sent_ns > p_max_wait_ns) p_max_wait_ns = p_last_resp_ns - pc->sent_ns;
     return 1;
 }
 
@@ -1190,9 +1192,11 @@ static int run_pub(void) {
         }
     }
     printf("RESULT {\"why\":\"%s\",\"count\":%ld,\"sent\":%ld,\"ok\":%ld,\"non2xx\":%ld,\"errors\":%ld,"
-           "\"reconnects\":%ld,\"first_ns\":%llu,\"last_send_ns\":%llu,\"last_resp_ns\":%llu}\n",
+           "\"reconnects\":%ld,\"first_ns\":%llu,\"last_send_ns\":%llu,\"last_resp_ns\":%llu,"
+           "\"max_wait_ns\":%llu}\n",
            why, opt_count, p_sent, p_ok, p_non2xx, p_err, p_reconnects, (unsigned long long)p_first_ns,
-           (unsigned long long)p_last_send_ns, (unsigned long long)p_last_resp_ns);
+           (unsigned long long)p_last_send_ns, (unsigned long long)p_last_resp_ns,
+           (unsigned long long)p_max_wait_ns);
     fflush(stdout);
     return 0;
 }

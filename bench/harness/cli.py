@@ -44,7 +44,7 @@ def parse_args(
         "--scenarios",
         default=",".join(DEFAULT_SCENARIOS),
         help=f"comma list from {','.join(ALL_SCENARIOS)}, 'redis' (= both redis-*) or 'all' "
-        "(default: all but capacity and the redis-* scale-out pair)",
+        "(default: all but capacity, storm and the redis-* scale-out pair)",
     )
     ap.add_argument(
         "--capacity", action="store_true", help="add the capacity scenario (~19,900 subscribers)"

@@ -85,3 +85,26 @@ class RssSampler(threading.Thread):
         self.stop_flag.set()
         self.join(2)
         return self.peak
+
+
+#: Kernel counters that say whether a connection storm lost time to a full listen queue.
+TCP_STORM_COUNTERS = ("ListenOverflows", "ListenDrops", "TCPSynRetrans", "TCPReqQFullDoCookies")
+
+
+def tcp_ext_counters(names: tuple[str, ...] = TCP_STORM_COUNTERS) -> dict[str, int]:
+    """TcpExt counters of this network namespace from /proc/net/netstat (machine-wide: any
+    other load on the machine adds to them too). A dropped SYN costs the client a 1 s
+    retransmit, so ListenOverflows and TCPSynRetrans tell a backlog from a slow server."""
+    try:
+        with open("/proc/net/netstat") as f:
+            lines = [line.split() for line in f if line.startswith("TcpExt:")]
+    except OSError:
+        return {}
+    if len(lines) < 2:
+        return {}
+    row = dict(zip(lines[0][1:], lines[1][1:], strict=False))
+    return {n: int(row[n]) for n in names if n in row}
+
+
+def counters_delta(a: dict[str, int], b: dict[str, int]) -> dict[str, int]:
+    return {k: b[k] - a[k] for k in a if k in b}

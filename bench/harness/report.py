@@ -67,6 +67,7 @@ COLUMNS: dict[str, list[Column]] = {
         ("sub_p99_ms", "p99 ms", ".1f"),
         ("cpu_us_per_subscribe", "CPU µs/subscribe", ".0f"),
         ("subscribed", "subscribed", ".0f"),
+        ("listen_overflows", "listen overflows", ".0f"),
     ],
     "storm": [
         ("lost", "lost", ".0f"),
@@ -77,6 +78,8 @@ COLUMNS: dict[str, list[Column]] = {
         ("bound_s", "bound s", ".3f"),
         ("missed_per_client", "missed/client", ".1f"),
         _DELIVERED,
+        ("publish_max_wait_s", "publisher max wait s", ".2f"),
+        ("listen_overflows", "listen overflows", ".0f"),
     ],
     "redis-burst": [
         _EVENTS_PER_S,

@@ -16,7 +16,7 @@ from typing import Any
 
 from .load import Subs, connect, prewarm, run_pub, warm_up
 from .metrics import merge_hist, per, percentile, strip, total
-from .procfs import Usage
+from .procfs import Usage, counters_delta, tcp_ext_counters
 from .servers import Server
 
 #: Streams per load process: well under the open-file limit (20,000 here) of each.
@@ -66,9 +66,9 @@ def sc_subscribe(srv: Server, p: dict[str, Any]) -> dict[str, Any]:
     """N clients open at once: time until every one has its headers, and the server's CPU
     per subscribe (utime + stime from before the first connect to the last headers)."""
     prewarm(srv.port)
-    u0 = Usage(srv.pid)
+    k0, u0 = tcp_ext_counters(), Usage(srv.pid)
     subs, dt, _ = _open_at_once(srv, p, time_limit=180)
-    u1 = Usage(srv.pid)
+    u1, k1 = Usage(srv.pid), tcp_ext_counters()
     try:
         warm = warm_up(subs, srv.port)
     finally:
@@ -80,6 +80,8 @@ def sc_subscribe(srv: Server, p: dict[str, Any]) -> dict[str, Any]:
         "cpu_us_precise_per_subscribe": per((u1.cpu_ns - u0.cpu_ns) / 1e3, n),
         "subscribed": n,
         "failed": total(res, "failed"),
+        "listen_overflows": counters_delta(k0, k1).get("ListenOverflows"),
+        "tcp": counters_delta(k0, k1),
         "warm": warm,
         "harness_s": dt,
         "_raw": {"subs": _strip(res), "u0": u0.__dict__, "u1": u1.__dict__},
@@ -141,9 +143,10 @@ def sc_storm(srv: Server, p: dict[str, Any]) -> dict[str, Any]:
         publisher.start()
         time.sleep(p["before"])
         before = subs.stat().get("events", 0)
-        u_cut = Usage(srv.pid)
+        u_cut, k0 = Usage(srv.pid), tcp_ext_counters()
         subs.send("cut")
         reconnected = subs.wait_all("RECONNECTED", 120)
+        tcp = counters_delta(k0, tcp_ext_counters())
         publisher.join(p["before"] + p["after"] + 75)
         published = int(pub.get("sent", 0))
         _announce_published(subs, m, published)
@@ -151,9 +154,10 @@ def sc_storm(srv: Server, p: dict[str, Any]) -> dict[str, Any]:
         u_end = Usage(srv.pid)
     finally:
         res = subs.quit()
-    return _storm_figures(
+    out = _storm_figures(
         res, pub, m, published, before, complete, reconnected, warm, u0, u_cut, u_end
     )
+    return {**out, "listen_overflows": tcp.get("ListenOverflows"), "tcp": tcp}
 
 
 def _announce_published(subs: Subs, channels: int, published: int) -> None:
@@ -206,6 +210,11 @@ def _storm_figures(
         "reconnect_failed": total(res, "refailed"),
         "published": published,
         "publish_errors": int(pub.get("non2xx", 0)) + int(pub.get("errors", 0)),
+        # the publisher posts to the same server: a server busy with the storm slows it down
+        "publish_rate": per(
+            published - 1, (pub.get("last_send_ns", 0) - pub.get("first_ns", 0)) / 1e9
+        ),
+        "publish_max_wait_s": pub.get("max_wait_ns", 0) / 1e9 if pub.get("max_wait_ns") else None,
         "initial_subscribe_s": _subscribe_times(res)["subscribe_s"],
         "precut_cpu_us_per_event": per((u_cut.cpu - u0.cpu) * 1e6, before),
         "storm_cpu_s": u_end.cpu - u_cut.cpu,
