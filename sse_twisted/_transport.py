@@ -213,6 +213,32 @@ def http_protocol(channel: HTTPChannel) -> Protocol:
     return wrapped
 
 
+#: What twisted.web's HTTP/2 switch-over hands the new connection, as the
+#: wrapper keeps it (private attributes, set by the wrapper's setters).
+_SWITCH_OVER = ("_factory", "_site", "_requestFactory", "_callLater")
+_KEEPS_SWITCH_OVER = _GenericHTTPChannelProtocol is not None and all(
+    hasattr(_GenericHTTPChannelProtocol, name) for name in _SWITCH_OVER
+)
+
+
+def set_site(protocol: Any, site: Any) -> None:
+    """
+    Give a protocol from L{http_protocol} what twisted.web's factories would
+    (C{factory}, C{site}, C{requestFactory}, C{callLater}) without writing
+    them onto its channel: the channel reads them from its class (see
+    L{sse_twisted.bounded.BoundedSite.buildProtocol}); only the wrapper keeps
+    them, for a switch to HTTP/2. Where the wrapper is not as probed, they
+    are set through its public setters (correct, a little more memory).
+    """
+    values = (site, site, site.requestFactory, site.reactor.callLater)
+    if _KEEPS_SWITCH_OVER and isinstance(protocol, _GenericHTTPChannelProtocol):
+        for name, value in zip(_SWITCH_OVER, values, strict=True):
+            object.__setattr__(protocol, name, value)
+        return
+    for name, value in zip(("factory", "site", "requestFactory", "callLater"), values, strict=True):
+        setattr(protocol, name, value)
+
+
 def bad_request(channel: Any) -> None:
     """
     Answer the request arriving on C{channel} (HTTP/1.1 or an HTTP/2 stream)

@@ -333,6 +333,13 @@ class Subscriber:
         self._on_end(self)
         return True
 
+    def request_lost(self) -> None:
+        """
+        The connection is gone: called by a request that tells its producer
+        (L{sse_twisted.bounded.BoundedRequest}) instead of C{notifyFinish}.
+        """
+        self.end()
+
     def close(self, last: bytes = b"") -> None:
         """
         End the stream cleanly: everything queued or owed from the history,

@@ -66,6 +66,7 @@ from sse_twisted.auth import JWTAuth
 from sse_twisted.event import Event
 from sse_twisted.history import MemoryHistory
 from sse_twisted.resource import StreamResource
+from sse_twisted.site import SSESite
 from sse_twisted.subscriber import OVERFLOW_POLICIES
 
 from ..support.conn import make_site
@@ -74,6 +75,7 @@ from ..support.flow import (
     Session,
     check_session,
     frame_size,
+    subscribers_of,
 )
 
 #: Known bugs the model lets pass while their fix is under way (each then has
@@ -116,6 +118,7 @@ class World:
         history_bytes: int = 0,
         write_timeout: float = 0,
         tolerate: frozenset[str] = KNOWN_BUGS,
+        standalone_site: bool = False,
     ) -> None:
         self.tolerate = tolerate
         self.clock = Clock()
@@ -139,12 +142,20 @@ class World:
         )
         self.queue_size = queue_size
         self.mark = mark
+        root: Any
         if expiry is None:
-            self.site = make_site(StreamResource(self.broker), self.clock)
+            root = StreamResource(self.broker)
         else:
             # Every stream carries a token that expires: the stream then ends.
             auth = JWTAuth(secret=SECRET, clock=self.clock.seconds)
-            self.site = make_site(make_resource(self.broker, demo=False, auth=auth), self.clock)
+            root = make_resource(self.broker, demo=False, auth=auth)
+        # The standalone server's site (its requests tell the stream when the
+        # connection goes, with no notifyFinish) or twisted.web's own (embedding).
+        self.site = (
+            SSESite(root, header_timeout=0, reactor=self.clock, timeout=None)
+            if standalone_site
+            else make_site(root, self.clock)
+        )
         self.ledger = Ledger()
         self.sessions: list[Session] = []
         self.explicit = 0
@@ -254,6 +265,15 @@ class World:
         """The contract on what every client has read, and the bounds."""
         for s in self.sessions:
             check_session(s, self.ledger, self.broker.stats.published, self.tolerate)
+        # A stream whose connection is gone is no longer held (nor written to).
+        live = {
+            c.subscriber
+            for s in self.sessions
+            for c in s.connections
+            if c.subscriber is not None and not c.transport.lost
+        }
+        held = subscribers_of(self.broker)
+        assert held <= live, f"streams held after their connection went: {held - live}"
         # Held while stalled: the unread bytes may pass the mark by what one
         # flush writes at most: the queue, the history, and a few notices.
         bound = self.mark + 400 + self.largest * (self.queue_size + self.history_size + 2)
@@ -339,6 +359,7 @@ class StreamModel(RuleBasedStateMachine):
         expiry=st.sampled_from([None, None, 2.0, 7.0]),
         history_bytes=st.sampled_from([0, 0, 400]),
         write_timeout=st.sampled_from([0, 0, 2.0]),
+        standalone_site=st.booleans(),
     )
     def start(
         self,
@@ -352,6 +373,7 @@ class StreamModel(RuleBasedStateMachine):
         expiry: float | None,
         history_bytes: int,
         write_timeout: float,
+        standalone_site: bool,
     ) -> None:
         """A broker with one overflow policy, and a first subscriber (else runs check little)."""
         if overflow == "catchup" and history is None:
@@ -366,6 +388,7 @@ class StreamModel(RuleBasedStateMachine):
             expiry=expiry,
             history_bytes=history_bytes,
             write_timeout=write_timeout,
+            standalone_site=standalone_site,
         )
         self.world.subscribe(channels)
 
