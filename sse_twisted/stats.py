@@ -45,11 +45,13 @@ class Stats:
 
 
 #: The upper bounds, in seconds, of L{Histogram}'s buckets by default: fixed
-#: (so every node's buckets add up across a fleet), from 100 µs (a publish
-#: answered from memory takes a few tens of µs on loopback) to 10 s (above
-#: the default --redis-timeout of 5 s, where a publish through a hung Redis
-#: ends).
+#: (so that every node's buckets add up across a fleet), from 50 µs to 10 s.
+#: Measured on loopback (500 publishes on a busy 2-core machine): answered
+#: from memory, 88% took under 100 µs; through Redis, a median of about
+#: 0.4 ms and all under 25 ms; a publish through a hung Redis ends after
+#: --redis-timeout (5 s by default), in the 10 s bucket.
 PUBLISH_DURATION_BUCKETS: tuple[float, ...] = (
+    0.00005,
     0.0001,
     0.00025,
     0.0005,

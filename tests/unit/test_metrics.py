@@ -179,7 +179,8 @@ def test_publish_duration_with_a_relay() -> None:
     clock.advance(2)
     relay.pending.pop().errback(ConnectionError("lost Redis"))
     assert failed.status == 503
-    assert publish.durations.cumulative()[10:14] == [(0.25, 0), (0.5, 1), (1.0, 1), (2.5, 2)]
+    cumulative = dict(publish.durations.cumulative())
+    assert [cumulative[le] for le in (0.25, 0.5, 1.0, 2.5)] == [0, 1, 1, 2]
     assert publish.durations.count == 2
     assert publish.durations.sum == pytest.approx(2.3)
     values = scrape(Conn(site, b"/metrics").head_and_body()[1])[0]
@@ -212,8 +213,8 @@ def test_publish_duration_without_relay() -> None:
     ticks = iter([10.0, 10.002])  # render starts, then the answer is ready
     publish.timer = lambda: next(ticks)
     assert post(site, [{"channel": "c", "data": 1}, {"channel": "d", "data": 2}]).status == 200
-    assert publish.durations.cumulative()[4:6] == [(0.0025, 1), (0.005, 1)]
-    assert publish.durations.counts[4] == 1
+    cumulative = dict(publish.durations.cumulative())
+    assert (cumulative[0.001], cumulative[0.0025], cumulative[math.inf]) == (0, 1, 1)
 
 
 def test_standalone_routes_serve_the_histogram() -> None:
