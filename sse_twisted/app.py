@@ -76,7 +76,7 @@ def routes(
     }
     if metrics_path:
         table[normalise_path(metrics_path, "/metrics")] = MetricsResource(
-            metrics_registry(broker, publish.statuses)
+            metrics_registry(broker, publish.statuses, publish.durations)
         )
     if demo:
         table["/"] = PageResource(DEMO_PAGE.read_bytes(), b"text/html; charset=utf-8")

@@ -2,8 +2,9 @@
 Prometheus metrics for a broker, through prometheus-client.
 
 A collector reads the broker's plain integer counters at scrape time, so
-publishing pays nothing for metrics. No label takes values that users
-choose (no channel or client labels): cardinality is fixed.
+publishing pays nothing for metrics but the publish latency histogram's one
+observation per POST (two clock reads, a bisect, two adds). No label takes
+values that users choose (no channel or client labels): cardinality is fixed.
 """
 
 from __future__ import annotations
@@ -12,23 +13,49 @@ from collections.abc import Iterator, Mapping
 from typing import Any
 
 from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.process_collector import ProcessCollector
+from prometheus_client.utils import floatToGoString
 from twisted.web.server import Request
 
+from ._version import __version__
 from .broker import SSEBroker
 from .resource import ReadResource
+from .stats import Histogram
 
-__all__ = ["BrokerCollector", "MetricsResource", "metrics_registry"]
+__all__ = ["DEPRECATED_METRICS", "BrokerCollector", "MetricsResource", "metrics_registry"]
+
+#: Metrics renamed in 0.2.0 to follow Prometheus's naming guide (the unit as
+#: the suffix, before C{_total}; a counter named for what it counts), old
+#: name to new. Each old name is still served, with the same value, until
+#: 0.3.0, so that dashboards and alerts can move over.
+DEPRECATED_METRICS = {
+    "sse_bytes_sent_total": "sse_sent_bytes_total",
+    "sse_expired_total": "sse_expired_streams_total",
+}
+#: The same, as the counter families are named (without C{_total}): new to old.
+_RENAMED = {
+    new.removesuffix("_total"): old.removesuffix("_total")
+    for old, new in DEPRECATED_METRICS.items()
+}
 
 
 class BrokerCollector:
-    """Exposes an L{SSEBroker}'s counters (and publish answers by status)."""
+    """
+    Exposes an L{SSEBroker}'s counters, and the publish resource's answers
+    by status and its latency histogram when given.
+    """
 
-    def __init__(self, broker: SSEBroker, publish_statuses: Mapping[int, int] | None = None):
+    def __init__(
+        self,
+        broker: SSEBroker,
+        publish_statuses: Mapping[int, int] | None = None,
+        publish_durations: Histogram | None = None,
+    ):
         self.broker = broker
         self.publish_statuses = publish_statuses if publish_statuses is not None else {}
+        self.publish_durations = publish_durations
 
     def describe(self) -> list[Any]:
         return []
@@ -36,6 +63,11 @@ class BrokerCollector:
     def collect(self) -> Iterator[Any]:
         b = self.broker.stats
         broker = self.broker
+        build = GaugeMetricFamily(
+            "sse_build_info", "The running sse_twisted's version (always 1).", labels=["version"]
+        )
+        build.add_metric([__version__], 1)
+        yield build
         yield GaugeMetricFamily(
             "sse_subscribers", "Open event streams.", value=broker.client_count()
         )
@@ -53,7 +85,7 @@ class BrokerCollector:
                 b.resets,
             ),
             ("sse_heartbeats", "Heartbeat comments written.", b.heartbeats),
-            ("sse_bytes_sent", "Event bytes handed to subscribers.", b.bytes_sent),
+            ("sse_sent_bytes", "Event bytes handed to subscribers.", b.bytes_sent),
             (
                 "sse_catchups",
                 "Queue overflows turned into a catch-up from the history.",
@@ -64,9 +96,14 @@ class BrokerCollector:
                 "Streams aborted because their socket took no byte for --write-timeout.",
                 b.write_timeouts,
             ),
-            ("sse_expired", "Streams ended because their token expired.", b.expired),
+            ("sse_expired_streams", "Streams ended because their token expired.", b.expired),
         ]:
             yield CounterMetricFamily(name, help_text, value=value)
+            old = _RENAMED.get(name)
+            if old is not None:  # the same value under the name it had before 0.2.0
+                yield CounterMetricFamily(
+                    old, f"Deprecated, removed in 0.3.0: use {name}_total. {help_text}", value=value
+                )
         dropped = CounterMetricFamily(
             "sse_events_dropped", "Events a slow subscriber lost, by reason.", labels=["reason"]
         )
@@ -79,6 +116,13 @@ class BrokerCollector:
         for status, count in sorted(self.publish_statuses.items()):
             requests.add_metric([str(status)], count)
         yield requests
+        if self.publish_durations is not None:
+            yield _histogram(
+                "sse_publish_duration_seconds",
+                "Seconds from handling a POST to the publish path (its body read) to its "
+                "answer, for requests that reached publishing (200, or 503 from the relay).",
+                self.publish_durations,
+            )
         history = broker.history
         yield GaugeMetricFamily(
             "sse_history_events",
@@ -93,6 +137,16 @@ class BrokerCollector:
         relay = broker.relay
         if relay is not None:
             yield from _relay_metrics(relay)
+
+
+def _histogram(name: str, help_text: str, histogram: Histogram) -> HistogramMetricFamily:
+    """C{histogram}'s buckets, summed now (the scrape pays, not the observer)."""
+    return HistogramMetricFamily(
+        name,
+        help_text,
+        buckets=[(floatToGoString(le), n) for le, n in histogram.cumulative()],
+        sum_value=histogram.sum,
+    )
 
 
 def _relay_metrics(relay: Any) -> Iterator[Any]:
@@ -128,11 +182,17 @@ def _relay_metrics(relay: Any) -> Iterator[Any]:
 
 
 def metrics_registry(
-    broker: SSEBroker, publish_statuses: Mapping[int, int] | None = None
+    broker: SSEBroker,
+    publish_statuses: Mapping[int, int] | None = None,
+    publish_durations: Histogram | None = None,
 ) -> CollectorRegistry:
-    """A registry of its own (so several brokers never clash): broker and process metrics."""
+    """
+    A registry of its own (so several brokers never clash): broker and
+    process metrics; C{sse_publish_duration_seconds} when C{publish_durations}
+    (a L{sse_twisted.publish.PublishResource}'s C{durations}) is given.
+    """
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(BrokerCollector(broker, publish_statuses))
+    registry.register(BrokerCollector(broker, publish_statuses, publish_durations))
     ProcessCollector(registry=registry)
     return registry
 

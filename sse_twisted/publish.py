@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import math
+import time
+from collections.abc import Callable
 from typing import Any
 
 from twisted.logger import Logger
@@ -25,6 +27,7 @@ from .event import InvalidItem, Item
 from .limits import RateLimiter
 from .publishing import Published
 from .relay import BatchTooLarge
+from .stats import Histogram
 
 __all__ = ["DEFAULT_MAX_BODY", "PublishResource"]
 
@@ -74,6 +77,11 @@ class PublishResource(Resource):
         self.max_body = max_body
         #: Answers given, by status (for metrics; a handful of keys at most).
         self.statuses: dict[int, int] = {}
+        #: Seconds from L{render} to the answer, of requests that reached
+        #: publishing (for C{sse_publish_duration_seconds}); L{timer} reads the
+        #: time (monotonic: the reactor's clock is the wall clock, which steps).
+        self.durations = Histogram()
+        self.timer: Callable[[], float] = time.perf_counter
 
     def _count(self, request: Request) -> None:
         self.statuses[request.code] = self.statuses.get(request.code, 0) + 1
@@ -118,6 +126,7 @@ class PublishResource(Resource):
         return grant
 
     def render(self, request: Request) -> bytes | int:
+        started = self.timer()
         admitted: tuple[Grant | None] | None = getattr(request, _ADMITTED, None)
         if self.cors is not None and admitted is None:
             if request.method == b"OPTIONS" and self.cors.preflight(request, b"POST, OPTIONS"):
@@ -151,6 +160,7 @@ class PublishResource(Resource):
         if isinstance(done, list):  # no relay: published already
             body = json_response(request, 200, _answer(done, batch))
             self._count(request)
+            self.durations.observe(self.timer() - started)
             return body
 
         def answer(published: list[Published]) -> None:
@@ -161,6 +171,7 @@ class PublishResource(Resource):
             self._finish(request, 503, {"error": f"not published: {failure.value}"})
 
         done.addCallbacks(answer, failed)
+        done.addCallback(lambda _: self.durations.observe(self.timer() - started))
         return NOT_DONE_YET
 
     def _finish(self, request: Request, status: int, body: Any) -> None:

@@ -19,6 +19,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from ._reactor import default_reactor
+from ._version import __version__
 from .broker import SSEBroker
 
 __all__ = ["DEFAULT_BACKLOG", "CannotListen", "ListeningService", "SSEService", "with_backlog"]
@@ -203,7 +204,8 @@ class ListeningService(StreamServerEndpointService):
     def _listened(self, port: IListeningPort) -> IListeningPort:
         self.port = port
         self.log.info(
-            "sse_twisted listening on {address}{banner}",
+            "sse_twisted {version} listening on {address}{banner}",
+            version=__version__,
             address=port.getHost(),
             banner=self.banner,
         )

@@ -65,6 +65,10 @@ class SSESite(BoundedSite):
     C{access_log}, with C{?token=} values redacted.
     """
 
+    #: No "Starting factory <SSESite object at 0x...>" at start and stop: the
+    #: service logs one line of its own, with what it serves.
+    noisy = False
+
     def __init__(
         self,
         resource: IResource,

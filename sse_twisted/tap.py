@@ -21,6 +21,7 @@ from ._options import (
     rate,
     seconds,
 )
+from ._startup import options_line
 from ._version import __version__
 from .app import make_resource
 from .auth import JWTAuth
@@ -376,5 +377,6 @@ def makeService(options: Options) -> IService:
         f"; stream at {normalise_path(options['path'])}, publish at "
         f"{normalise_path(options['publish-path'], '/publish')}"
         f" ({'token required' if options['publish-token'] else 'loopback only'})"
+        f"\n{options_line(options)}"  # secrets redacted
     )
     return SSEService(options["port"], site, broker, banner=banner)

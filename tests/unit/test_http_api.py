@@ -279,7 +279,9 @@ def test_metrics(clock: Clock) -> None:
     assert 0 < values[("sse_history_bytes", ())] < 1000
     assert values[("sse_write_timeouts_total", ())] == 0
     assert values[("sse_expired_total", ())] == 0
+    assert values[("sse_expired_streams_total", ())] == 0
     assert values[("sse_bytes_sent_total", ())] > 0
+    assert values[("sse_sent_bytes_total", ())] == values[("sse_bytes_sent_total", ())]
     assert ("process_resident_memory_bytes", ()) in values
     assert len(resumed.events()) == 2
     for channel in ("c", "t-1"):  # no label carries a user-chosen value
