@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
 import signal
 import socket
 import subprocess
@@ -303,3 +304,70 @@ def test_systemd_socket_activation_survives_a_restart() -> None:
             waiting.close()
             second.stop()
         assert "Traceback" not in second.drain_output()
+
+
+CONTRIB = Path(__file__).resolve().parents[2] / "contrib" / "systemd"
+
+
+def unit_lines(name: str) -> list[str]:
+    """The unit file's lines, continuation lines joined, comments left out."""
+    text = (CONTRIB / name).read_text().replace("\\\n", " ")
+    return [line for line in text.splitlines() if line and not line.startswith("#")]
+
+
+def test_the_systemd_units_command_line(tmp_path: Path) -> None:
+    """
+    contrib/systemd's ExecStart, run as systemd would (its socket at fd 3,
+    its credentials in $CREDENTIALS_DIRECTORY, the example sse.toml as
+    /etc/sse-twisted/sse.toml): serves, verifies JWTs with the credential's
+    secret, requires the credential's publish token, and warns of nothing.
+    """
+    service = unit_lines("sse-twisted.service")
+    (exec_start,) = [line.partition("=")[2] for line in service if line.startswith("ExecStart=")]
+    credentials = tmp_path / "credentials"
+    credentials.mkdir()
+    secrets = {"jwt-secret": SECRET, "publish-token": "t0ken-from-credential"}
+    for line in service:
+        if line.startswith("LoadCredential="):
+            name = line.partition("=")[2].partition(":")[0]
+            (credentials / name).write_text(secrets.pop(name) + "\n")
+    assert secrets == {}, "a secret the unit does not load"
+    argv = shlex.split(
+        exec_start.replace("${CREDENTIALS_DIRECTORY}", str(credentials)).replace(
+            "/etc/sse-twisted/sse.toml", str(CONTRIB / "sse.toml")
+        )
+    )
+    assert argv[0] == "/opt/sse-twisted/bin/twist"
+    (listen,) = [line for line in unit_lines("sse-twisted.socket") if line.startswith("Listen")]
+    # domain=INET goes with an IPv4 ListenStream (a bare port would be IPv6).
+    assert "domain=INET:" in exec_start
+    assert re.fullmatch(r"ListenStream=\d+\.\d+\.\d+\.\d+:\d+", listen)
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(128)
+        fd = listener.fileno()
+        server = Running(
+            [sys.executable, "-c", ACTIVATE, str(fd), TWIST, *argv[1:]],
+            port=listener.getsockname()[1],
+            pass_fds=(fd,),
+            ready="listening on",
+        )
+        try:
+            assert server.request("GET", "/health")[0] == 200
+            sub = RawSubscriber(server, "/events?channel=user-1")
+            assert sub.read_until(b"\r\n\r\n").startswith(b"HTTP/1.1 401")  # private
+            sub.close()
+            good = token(SECRET, subscribe=["user-1"])
+            sub = RawSubscriber(server, f"/events?channel=user-1&token={good}")
+            sub.read_until(b"retry:")
+            body = {"channel": "user-1", "data": 7}
+            assert server.request("POST", "/publish", body)[0] == 401
+            auth = {"Authorization": "Bearer t0ken-from-credential"}
+            assert server.request("POST", "/publish", body, headers=auth)[0] == 200
+            sub.read_until(b"data: 7")
+            sub.close()
+        finally:
+            server.stop()
+    output = server.drain_output()
+    assert "Traceback" not in output
+    assert "[sse_twisted.tap#warn]" not in output, output
