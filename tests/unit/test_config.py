@@ -436,3 +436,15 @@ def test_check_builds_the_service(monkeypatch: pytest.MonkeyPatch) -> None:
 
     monkeypatch.setattr("sse_twisted.tap.makeService", broken)
     assert refused("--check") == "cannot build"
+
+
+def test_the_readmes_config_example(tmp_path: Path) -> None:
+    """The README's example config file is accepted (with its secret file present)."""
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    example = readme.split("```toml\n", 1)[1].split("```", 1)[0]
+    assert "/run/secrets/sse-jwt" in example
+    secret = write(tmp_path / "jwt", "s\n")
+    config = write(tmp_path / "sse.toml", example.replace("/run/secrets/sse-jwt", secret))
+    options = parse("--config", config)
+    assert options["private-channel"] == ["user-*", "admin"]
+    assert options["jwt-secret"] == "s"
