@@ -374,6 +374,17 @@ class Options(usage.Options):
         for secret, secret_file, _env in SECRETS:
             if secret_file is not None and {secret, secret_file} & self._given:
                 overridden |= {secret, secret_file}
+        held = [
+            name
+            for name, _file, _env in SECRETS
+            if arguments.get(name) and name not in overridden
+            if name != "redis" or _has_password(str(arguments[name][0]))
+        ]
+        if held and os.stat(path).st_mode & 0o004:
+            self.warnings.append(
+                f"{path} holds {', '.join(held)} and every local user can read it: "
+                f"chmod o-r {path}, or name a file that holds the secret instead"
+            )
         for name, args in arguments.items():
             if name in overridden:
                 continue

@@ -193,9 +193,29 @@ def test_secrets_from_files_environment_or_config_do_not_warn(
     """Only argv warns: a file, the environment and a --config file are not in ps."""
     monkeypatch.setenv("SSE_PUBLISH_TOKEN", "t")
     config = write(tmp_path / "sse.toml", 'jwt-secret = "s"\nredis = "redis://:pw@h:1/0"\n')
+    Path(config).chmod(0o600)
     options = parse("--config", config)
     assert (options["jwt-secret"], options["publish-token"]) == ("s", "t")
     assert options.warnings == []
+
+
+def test_world_readable_config_file_with_a_secret_warns(tmp_path: Path) -> None:
+    """A --config file that holds a secret and every user may read is warned about."""
+    config = tmp_path / "sse.toml"
+    config.write_text('jwt-secret = "s"\nredis = "redis://:pw@h:1/0"\nqueue-size = 3\n')
+    config.chmod(0o644)
+    assert parse("--config", str(config)).warnings == [
+        f"{config} holds jwt-secret, redis and every local user can read it: "
+        f"chmod o-r {config}, or name a file that holds the secret instead"
+    ]
+    config.chmod(0o640)
+    assert parse("--config", str(config)).warnings == []
+    config.chmod(0o644)
+    config.write_text('redis = "redis://h:1/0"\njwt-secret-file = "/dev/null"\n')
+    assert (
+        parse("--config", str(config), "--jwt-secret-file", write(tmp_path / "s", "s")).warnings
+        == []
+    )
 
 
 # --- precedence -------------------------------------------------------------
@@ -399,6 +419,7 @@ def test_empty_config_file_changes_nothing(tmp_path: Path) -> None:
 def test_check_says_ok_and_exits_0(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """--check with good options prints one 'ok' line on stdout and exits 0."""
     config = write(tmp_path / "sse.toml", FULL)
+    Path(config).chmod(0o600)  # it holds a secret
     with pytest.raises(SystemExit) as info:
         parse("--config", config, "--check")
     assert info.value.code == 0
