@@ -86,7 +86,7 @@ class Options(usage.Options):
             "check",
             None,
             "Check the options (and the --config file, key and secret files), "
-            "print ok and exit 0, or the error and exit 1, without listening.",
+            "print ok and exit 0, or the error and exit non-zero, without listening.",
         ],
     ]
 
