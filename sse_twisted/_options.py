@@ -33,6 +33,7 @@ __all__ = [
     "load_public_key",
     "number",
     "rate",
+    "read_secret_file",
     "seconds",
 ]
 
@@ -241,3 +242,32 @@ def load_public_key(path: str) -> bytes:
             "ES256 an EC key"
         )
     return pem
+
+
+def read_secret_file(option: str, path: str) -> str:
+    """
+    The secret held in the file C{path}, read now, without one trailing
+    newline (C{echo secret > file} writes one; systemd credentials and
+    container secrets are files precisely so that a secret stays out of
+    C{ps}). A file that cannot be read, is not UTF-8 or holds nothing is a
+    usage error at start, never an empty secret that turns a check off.
+
+    @param option: the option that named the file (C{--jwt-secret-file}),
+        for the message; the secret itself never goes into a message.
+    """
+    try:
+        with open(path, "rb") as f:
+            raw = f.read()
+    except OSError as e:
+        raise usage.UsageError(f"cannot read {option} {path}: {e.strerror or e}") from None
+    try:
+        secret = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise usage.UsageError(f"{option} {path} is not UTF-8 text") from None
+    if secret.endswith("\r\n"):
+        secret = secret[:-2]
+    elif secret.endswith("\n"):
+        secret = secret[:-1]
+    if not secret:
+        raise usage.UsageError(f"{option} {path} is empty")
+    return secret

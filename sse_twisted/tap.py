@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import getopt
 import importlib.util
 import os
+import re
 import sys
+from typing import Any, cast
+from urllib.parse import urlsplit
 
 from twisted.application.service import IService
 from twisted.copyright import version as twisted_version
+from twisted.logger import Logger
 from twisted.python import usage
 
+from ._config import Kind, config_arguments, read_config
 from ._options import (
     check_cookie_name,
     check_endpoint_in,
@@ -19,6 +25,7 @@ from ._options import (
     endpoint_description,
     load_public_key,
     rate,
+    read_secret_file,
     seconds,
 )
 from ._startup import options_line
@@ -37,6 +44,29 @@ from .subscriber import OVERFLOW_POLICIES
 
 __all__ = ["Options", "makeService"]
 
+log = Logger()
+
+#: The secrets: each option, the option naming a file that holds it, and the
+#: environment variable read when neither is given. The command line beats a
+#: --config file, which beats the environment (inherited without asking, so
+#: the weakest); within one of them, a value and a file is an error.
+SECRETS: tuple[tuple[str, str | None, str], ...] = (
+    ("jwt-secret", "jwt-secret-file", "SSE_JWT_SECRET"),
+    ("publish-token", "publish-token-file", "SSE_PUBLISH_TOKEN"),
+    ("redis", None, "SSE_REDIS_URL"),
+)
+
+#: The option a usage message starts with (C{--port 'x' is not ...}).
+_OPTION_NAMED = re.compile(r"--([a-z][a-z-]*)")
+
+#: Options a --config file cannot set, and why.
+_COMMAND_LINE_ONLY = {
+    "config": "cannot be set in a config file (one file, given on the command line)",
+    "check": "can only be given on the command line",
+    "help": "can only be given on the command line",
+    "version": "can only be given on the command line",
+}
+
 
 class Options(usage.Options):
     """Options of C{twistd sse}."""
@@ -53,6 +83,12 @@ class Options(usage.Options):
         ["access-log", None, "Log a line per HTTP request (publishes, and streams as they end)."],
         ["log-clients", None, "Log each subscriber's connect and disconnect (debug level)."],
         ["jwt-allow-no-exp", None, "Accept JWTs without exp (they never expire); default: 401."],
+        [
+            "check",
+            None,
+            "Check the options (and the --config file, key and secret files), "
+            "print ok and exit 0, or the error and exit non-zero, without listening.",
+        ],
     ]
 
     optParameters = [
@@ -73,7 +109,14 @@ class Options(usage.Options):
             None,
             None,
             "Bearer token required to publish (default: $SSE_PUBLISH_TOKEN; "
-            "without one, only loopback peers may publish).",
+            "without one, only loopback peers may publish). On the command line every "
+            "local user can read it: prefer --publish-token-file or the environment.",
+        ],
+        [
+            "publish-token-file",
+            None,
+            None,
+            "Read the publish token from this file (one trailing newline is dropped).",
         ],
         [
             "max-body",
@@ -181,9 +224,23 @@ class Options(usage.Options):
             None,
             None,
             "Share fan-out and history with other nodes through Redis: "
-            "redis://[:password@]host:port/db or rediss://... (needs the 'redis' extra).",
+            "redis://[:password@]host:port/db or rediss://... (needs the 'redis' extra; "
+            "default: $SSE_REDIS_URL).",
         ],
-        ["jwt-secret", None, None, "Verify subscriber/publisher JWTs with this HS256 secret."],
+        [
+            "jwt-secret",
+            None,
+            None,
+            "Verify subscriber/publisher JWTs with this HS256 secret (default: "
+            "$SSE_JWT_SECRET). On the command line every local user can read it: "
+            "prefer --jwt-secret-file or the environment.",
+        ],
+        [
+            "jwt-secret-file",
+            None,
+            None,
+            "Read the HS256 JWT secret from this file (one trailing newline is dropped).",
+        ],
         [
             "jwt-public-key",
             None,
@@ -191,6 +248,13 @@ class Options(usage.Options):
             "Verify JWTs (RS256/ES256) with the PEM public key in this file.",
         ],
         ["jwt-cookie", None, None, "Also read the JWT from this cookie."],
+        [
+            "config",
+            None,
+            None,
+            "Read options from this TOML file (keys: the long option names; "
+            "the command line overrides it).",
+        ],
         [
             "drain-timeout",
             None,
@@ -220,10 +284,16 @@ class Options(usage.Options):
         self["cors-origin"] = []
         self["private-channel"] = []
         self._refused = False
+        #: Lines to log as a warning at start (a secret given on the command line).
+        self.warnings: list[str] = []
+        self._given: set[str] = set()
+        self._from_config: set[str] = set()
 
     def parseOptions(self, options: list[str] | None = None) -> None:
+        argv = sys.argv[1:] if options is None else list(options)
+        self._given = self._named_in(argv)
         try:
-            super().parseOptions(options)
+            super().parseOptions(argv)
         except usage.UsageError:
             self._refused = True
             raise
@@ -252,7 +322,139 @@ class Options(usage.Options):
         """Channels matching this glob need a JWT to subscribe; repeatable."""
         self["private-channel"].append(pattern)
 
+    def _named_in(self, argv: list[str]) -> set[str]:
+        """The long names of the options C{argv} gives (what a --config file may not override)."""
+        try:
+            opts, _ = getopt.getopt(argv, self.shortOpt, self.longOpt)
+        except getopt.error:
+            return set()  # parseOptions says what is wrong
+        names = set()
+        for opt, _arg in opts:
+            name = opt.lstrip("-")
+            name = self.synonyms.get(name, self.synonyms.get(name.replace("-", "_"), name))
+            names.add(name.replace("_", "-"))
+        return names
+
+    def _config_kinds(self) -> dict[str, Kind]:
+        """What each option a --config file may set must be there, from its default."""
+        kinds: dict[str, Kind] = {str(flag[0]): "flag" for flag in self.optFlags}
+        for parameter in self.optParameters:
+            # Rows of mixed types: [long, short, default, doc(, coerce)].
+            row = cast("list[Any]", parameter)
+            name, default = str(row[0]), row[2]
+            if name == "port":
+                kinds[name] = "port"
+            elif isinstance(default, int):
+                kinds[name] = "integer"
+            elif isinstance(default, float):
+                kinds[name] = "number"
+            else:
+                kinds[name] = "string"
+        kinds["cors-origin"] = kinds["private-channel"] = "strings"
+        for name in _COMMAND_LINE_ONLY:
+            kinds.pop(name, None)
+        return kinds
+
+    def _apply_config(self, path: str) -> None:
+        """
+        Set each option of the --config file C{path} that the command line
+        did not give, through the command line's own coercers and handlers.
+        A secret given on the command line in either form (value or file)
+        replaces the file's, in either form.
+        """
+        elsewhere = dict(_COMMAND_LINE_ONLY)
+        if self.parent is not None:
+            runner = os.path.basename(sys.argv[0]) or "twistd"
+            for long_name in getattr(self.parent, "longOpt", []):
+                name = long_name.rstrip("=")
+                elsewhere.setdefault(
+                    name, f"is {runner}'s own option: give it on the command line before 'sse'"
+                )
+        arguments = config_arguments(read_config(path), self._config_kinds(), path, elsewhere)
+        overridden = set(self._given)
+        for secret, secret_file, _env in SECRETS:
+            if secret_file is not None and {secret, secret_file} & self._given:
+                overridden |= {secret, secret_file}
+        held = [
+            name
+            for name, _file, _env in SECRETS
+            if arguments.get(name) and name not in overridden
+            if name != "redis" or _has_password(str(arguments[name][0]))
+        ]
+        if held and os.stat(path).st_mode & 0o004:
+            self.warnings.append(
+                f"{path} holds {', '.join(held)} and every local user can read it: "
+                f"chmod o-r {path}, or name a file that holds the secret instead"
+            )
+        for name, args in arguments.items():
+            if name in overridden:
+                continue
+            self._from_config.add(name)
+            handler = self._dispatch[self.synonyms.get(name, name.replace("-", "_"))]
+            for arg in args:
+                try:
+                    if isinstance(handler, usage.CoerceParameter):
+                        handler.dispatch(name, arg)
+                    else:
+                        handler(name, arg)
+                except usage.UsageError as e:
+                    raise usage.UsageError(f"{path}: {e}") from None
+
+    def _resolve_secrets(self) -> dict[str, str]:
+        """
+        Each secret from the command line, a --config file, a file it names,
+        or else the environment; a warning for one given on the command line.
+
+        @return: for each secret that is set, where it came from, for messages.
+        """
+        origins = {}
+        for name, file_option, env in SECRETS:
+            if file_option is not None and self[file_option] is not None:
+                if self[name] is not None:
+                    raise usage.UsageError(f"give --{name} or --{file_option}, not both")
+                origins[name] = f"--{file_option} {self[file_option]}"
+                self[name] = read_secret_file(f"--{file_option}", self[file_option])
+            elif self[name] is not None:
+                origins[name] = f"--{name}"
+                if name in self._given and (name != "redis" or _has_password(self[name])):
+                    instead = f"--{file_option}, ${env}" if file_option else f"${env}"
+                    self.warnings.append(
+                        f"--{name} on the command line can be read by every local user "
+                        f"(ps, /proc/PID/cmdline): use {instead} or a --config file instead"
+                    )
+            else:
+                self[name] = os.environ.get(env) or None
+                origins[name] = f"${env}"
+        return origins
+
+    def _check(self) -> None:
+        """--check: build the service as twistd would (without listening), say ok, exit 0."""
+        try:
+            makeService(self)
+        except ValueError as e:
+            raise usage.UsageError(str(e)) from None
+        for warning in self.warnings:
+            print(f"warning: {warning}", file=sys.stderr)
+        print(f"ok: would listen on {self['port']}")
+        sys.exit(0)
+
     def postOptions(self) -> None:
+        if self["config"] is not None:
+            self._apply_config(self["config"])
+        try:
+            self._check_options()
+        except usage.UsageError as e:
+            # An option set by the config file: say which file.
+            named = _OPTION_NAMED.match(str(e))
+            if named and named.group(1) in self._from_config:
+                raise usage.UsageError(f"{self['config']}: {e}") from None
+            raise
+        if self["check"]:
+            self._check()
+
+    def _check_options(self) -> None:
+        """Refuse, in one line, options that could never work together (or at all)."""
+        origins = self._resolve_secrets()
         if self["overflow"] not in OVERFLOW_POLICIES:
             raise usage.UsageError(
                 f"--overflow must be one of {', '.join(OVERFLOW_POLICIES)}, "
@@ -273,7 +475,7 @@ class Options(usage.Options):
             try:
                 parse_redis_url(self["redis"])
             except ValueError as e:
-                raise usage.UsageError(f"--redis: {e}") from None
+                raise usage.UsageError(f"{origins['redis']}: {e}") from None
         if self["publish-burst"] and not self["publish-rate"]:
             raise usage.UsageError("--publish-burst needs --publish-rate")
         if self["jwt-secret"] == "":
@@ -294,11 +496,7 @@ class Options(usage.Options):
         if self["jwt-public-key"] is not None:
             self["jwt-public-key-pem"] = load_public_key(self["jwt-public-key"])
         if self["publish-token"] is not None:
-            check_token("--publish-token", self["publish-token"])
-        else:
-            self["publish-token"] = os.environ.get("SSE_PUBLISH_TOKEN") or None
-            if self["publish-token"] is not None:
-                check_token("$SSE_PUBLISH_TOKEN", self["publish-token"])
+            check_token(origins["publish-token"], self["publish-token"])
         paths = [
             normalise_path(self["path"]),
             normalise_path(self["publish-path"], "/publish"),
@@ -312,8 +510,19 @@ class Options(usage.Options):
             )
 
 
+def _has_password(url: str) -> bool:
+    """Whether a Redis URL carries a password (or a user: both are credentials)."""
+    try:
+        parts = urlsplit(url)
+        return parts.password is not None or parts.username is not None
+    except ValueError:
+        return True
+
+
 def makeService(options: Options) -> IService:
     """Build the broker, its Klein app and the service that serves and drains it."""
+    for warning in getattr(options, "warnings", ()):
+        log.warn("{warning}", warning=warning)
     relay = None
     if options["redis"]:
         # Imported only here: the redis extra is optional (checked in postOptions).

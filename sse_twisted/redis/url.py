@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from urllib.parse import unquote, urlsplit
 
@@ -25,6 +26,11 @@ class RedisAddress:
         return f"{scheme}://{self.host}:{self.port}/{self.db}"
 
 
+def _redacted(url: str) -> str:
+    """C{url} without its password, for messages (a URL in argv, a variable or a file)."""
+    return re.sub(r"(//[^/@]*?:)[^/@]*@", r"\1***@", url)
+
+
 def parse_redis_url(url: str) -> RedisAddress:
     """
     Parse C{redis://[[user]:password@]host[:port][/db]} (C{rediss://} for TLS).
@@ -35,12 +41,12 @@ def parse_redis_url(url: str) -> RedisAddress:
     if parts.scheme not in ("redis", "rediss"):
         raise ValueError(
             f"Redis URL must look like redis://[:password@]host:port/db (or rediss:// for TLS),"
-            f" got {url!r}"
+            f" got {_redacted(url)!r}"
         )
     try:
         port = parts.port or 6379
     except ValueError:
-        raise ValueError(f"Redis URL has a bad port: {url!r}") from None
+        raise ValueError(f"Redis URL has a bad port: {_redacted(url)!r}") from None
     path = parts.path.strip("/")
     if path and not path.isdigit():
         raise ValueError(f"Redis URL path must be a database number like /0, got {parts.path!r}")

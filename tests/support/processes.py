@@ -67,7 +67,12 @@ class Process:
     """
 
     def __init__(
-        self, argv: list[str], *, env: dict[str, str] | None = None, cwd: Path | None = None
+        self,
+        argv: list[str],
+        *,
+        env: dict[str, str] | None = None,
+        cwd: Path | None = None,
+        pass_fds: tuple[int, ...] = (),
     ):
         self.argv = argv
         self.proc = subprocess.Popen(
@@ -76,6 +81,7 @@ class Process:
             stderr=subprocess.STDOUT,
             cwd=str(cwd or ROOT),
             env={**os.environ, **(env or {})},
+            pass_fds=pass_fds,
         )
         self.lines: list[str] = []
         self._changed = threading.Condition()
