@@ -221,6 +221,15 @@ _KEEPS_SWITCH_OVER = _GenericHTTPChannelProtocol is not None and all(
 )
 
 
+def _call_later(site: Any) -> Any:
+    """The site's reactor's C{callLater}, one bound method per reactor (not per connection)."""
+    reactor = site.reactor
+    cached = site.__dict__.get("_sse_call_later")
+    if cached is None or cached[0] is not reactor:
+        cached = site._sse_call_later = (reactor, reactor.callLater)
+    return cached[1]
+
+
 def set_site(protocol: Any, site: Any) -> None:
     """
     Give a protocol from L{http_protocol} what twisted.web's factories would
@@ -230,7 +239,7 @@ def set_site(protocol: Any, site: Any) -> None:
     them, for a switch to HTTP/2. Where the wrapper is not as probed, they
     are set through its public setters (correct, a little more memory).
     """
-    values = (site, site, site.requestFactory, site.reactor.callLater)
+    values = (site, site, site.requestFactory, _call_later(site))
     if _KEEPS_SWITCH_OVER and isinstance(protocol, _GenericHTTPChannelProtocol):
         for name, value in zip(_SWITCH_OVER, values, strict=True):
             object.__setattr__(protocol, name, value)

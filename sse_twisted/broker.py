@@ -23,6 +23,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from twisted.web.http_headers import Headers
 from twisted.web.server import NOT_DONE_YET, Request
 
 from ._reactor import default_reactor
@@ -250,6 +251,9 @@ class SSEBroker(Publishing, Service):
         if expires is not None:
             self._ends.expire_at(sub, expires)
         request.write(self._opening)
+        # The head is out, and its headers are never read again: ~0.4 KiB per
+        # stream that an idle one would otherwise hold for its whole life.
+        request.responseHeaders = Headers()
         sub.start(last_event_id)
         if self.log_clients:
             self.log.debug(
