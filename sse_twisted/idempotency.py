@@ -71,6 +71,7 @@ from .publishing import Published
 __all__ = [
     "DEFAULT_MAX_KEYS",
     "DEFAULT_WINDOW",
+    "MAX_WINDOW",
     "PENDING_WAIT",
     "Claim",
     "IIdempotency",
@@ -88,6 +89,8 @@ __all__ = [
 
 #: Seconds a key is remembered by default.
 DEFAULT_WINDOW = 300.0
+#: Longest window C{twistd sse} takes (a week): keys are kept, at most, that long.
+MAX_WINDOW = 7 * 86400.0
 #: Keys a memory (or SQLite) store holds at most within its window.
 DEFAULT_MAX_KEYS = 100_000
 #: Longest wait, in seconds, for another request holding the same key to be
@@ -553,12 +556,14 @@ async def _publish_once(
         for index, item in enumerate(items)
         if item.idempotency_key is None or claims[item.idempotency_key].state == "new"
     ]
-    try:
-        done = publish([replace(item, idempotency_key=None) for _, item in news])
-        published = await done if isinstance(done, Deferred) else done
-    except BaseException:
-        store.release(fresh)
-        raise
+    published: list[Published] = []
+    if news:
+        try:
+            done = publish([replace(item, idempotency_key=None) for _, item in news])
+            published = await done if isinstance(done, Deferred) else done
+        except BaseException:
+            store.release(fresh)
+            raise
     answers: list[Published | None] = [None] * len(items)
     records = []
     for (index, item), result in zip(news, published, strict=True):
