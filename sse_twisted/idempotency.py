@@ -545,7 +545,7 @@ async def _publish_once(
         if clock.seconds() + pause > deadline:
             raise KeyInProgress(
                 f"a request with idempotency_key {pending!r} is still in progress;"
-                " nothing was published, retry later",
+                " this one published nothing, retry later",
                 keyed[pending],
                 retry_after=1,
             )
