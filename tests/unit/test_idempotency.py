@@ -13,6 +13,9 @@ from typing import Any
 
 import pytest
 import pytest_twisted
+from hypothesis import settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.task import Clock
 
@@ -25,6 +28,7 @@ from sse_twisted.idempotency import (
     Claim,
     KeyConflict,
     MemoryIdempotency,
+    RedisIdempotency,
     SQLiteIdempotency,
     TooManyKeys,
     fingerprint,
@@ -478,6 +482,12 @@ def test_idempotency_for_options(tmp_path: Path, clock: Clock) -> None:
     sqlite = idempotency_for({"idempotency-window": 5.0, "history-db": path}, reactor=clock)
     assert isinstance(sqlite, SQLiteIdempotency) and sqlite.path == path
     sqlite.close()
+
+    class Bus:
+        stream = "sse:events"
+
+    redis = idempotency_for({"idempotency-window": 7.0}, Bus())
+    assert isinstance(redis, RedisIdempotency) and redis.prefix == "sse:events:idempotency:"
     assert SSEBroker(reactor=clock).idempotency.window == DEFAULT_WINDOW  # type: ignore[union-attr]
     with pytest.raises(ValueError, match="window"):
         MemoryIdempotency(-1)
@@ -516,3 +526,75 @@ def test_unkeyed_requests_are_unchanged(clock: Clock) -> None:
     r = Conn(site, b"/publish", method=b"POST", headers=JSON, body=b'{"channel":"c","data":1}')
     assert r.json() == {"id": "t-2", "clients": 0}
     assert len(broker.idempotency) == 0  # type: ignore[arg-type]
+
+
+# --- the model ------------------------------------------------------------------
+
+
+class KeysModel(RuleBasedStateMachine):
+    """
+    Keyed batches (a few keys, a few bodies) and time passing, against a
+    model of what must happen: within the window a key is published at most
+    once and every repeat is answered with its first id; another body with a
+    live key refuses the whole batch; after the window the key publishes anew.
+    """
+
+    WINDOW = 10.0
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.clock = Clock()
+        self.broker = SSEBroker(reactor=self.clock, heartbeat=0, idempotency=self.WINDOW)
+        # key -> (data, id, claimed at): what the model says is remembered.
+        self.known: dict[str, tuple[int, str, float]] = {}
+        self.expected_published = 0
+
+    def _live(self, key: str) -> tuple[int, str, float] | None:
+        entry = self.known.get(key)
+        if entry is not None and entry[2] + self.WINDOW > self.clock.seconds():
+            return entry
+        return None
+
+    @rule(
+        batch=st.lists(
+            st.tuples(st.sampled_from("abcd"), st.integers(0, 2)),
+            min_size=1,
+            max_size=3,
+            unique_by=lambda t: t[0],
+        ),
+        unkeyed=st.booleans(),
+    )
+    def publish(self, batch: list[tuple[str, int]], unkeyed: bool) -> None:
+        items = [Item.create("c", data=n, idempotency_key=k) for k, n in batch]
+        if unkeyed:
+            items.append(Item.create("c", data=-1))
+        out: list[Any] = []
+        maybeDeferred(self.broker.publish_items, items).addBoth(out.append)
+        if any((live := self._live(k)) is not None and live[0] != n for k, n in batch):
+            assert isinstance(out[0].value, KeyConflict), out[0]
+            return
+        answers = out[0]
+        assert len(answers) == len(items)
+        for (k, n), p in zip(batch, answers, strict=False):
+            live = self._live(k)
+            if live is None:
+                assert not p.duplicate
+                self.known[k] = (n, p.id, self.clock.seconds())
+                self.expected_published += 1
+            else:
+                assert p.duplicate and p.id == live[1] and p.clients == 0
+        if unkeyed:
+            assert not answers[-1].duplicate
+            self.expected_published += 1
+
+    @rule(seconds=st.sampled_from([0.5, 3.0, 9.9, 10.0]))
+    def wait(self, seconds: float) -> None:
+        self.clock.advance(seconds)
+
+    @invariant()
+    def published_as_the_model_says(self) -> None:
+        assert self.broker.stats.published == self.expected_published
+
+
+KeysModel.TestCase.settings = settings(max_examples=60, stateful_step_count=30, deadline=None)
+test_keys_model = KeysModel.TestCase
