@@ -30,6 +30,7 @@ from ._reactor import default_reactor
 from .ending import StreamEnds
 from .event import Event, InvalidItem, Item
 from .history import DEFAULT_HISTORY_BYTES, IHistory, MemoryHistory
+from .idempotency import DEFAULT_WINDOW, IIdempotency, MemoryIdempotency, publish_once
 from .index import SubscriberIndex
 from .publishing import Published, Publishing
 from .relay import IRelay
@@ -93,6 +94,10 @@ class SSEBroker(Publishing, Service):
     @param close_timeout: seconds a stream ended by the server (its token
         expired) has to take its last bytes before it is aborted.
     @param drain_timeout: seconds L{stopService} lets streams finish.
+    @param idempotency: seconds a publish's idempotency key is remembered
+        in memory (C{0} or L{None}: keys are refused), or an
+        L{sse_twisted.idempotency.IIdempotency} to keep them in (in Redis
+        to share them between nodes).
     """
 
     log = Logger()
@@ -114,6 +119,7 @@ class SSEBroker(Publishing, Service):
         write_timeout: float = 0,
         close_timeout: float = 5.0,
         drain_timeout: float = 5.0,
+        idempotency: float | IIdempotency | None = DEFAULT_WINDOW,
     ) -> None:
         if queue_size < 1:
             raise ValueError(f"queue_size must be at least 1, got {queue_size}")
@@ -140,6 +146,9 @@ class SSEBroker(Publishing, Service):
         if overflow == "catchup" and history is None:
             raise ValueError("overflow='catchup' needs a history to catch up from")
         self.history: IHistory | None = history
+        if isinstance(idempotency, (int, float)):
+            idempotency = MemoryIdempotency(idempotency, reactor=reactor) if idempotency else None
+        self.idempotency: IIdempotency | None = idempotency
         self.relay = relay
         self.log_clients = log_clients
         self.queue_size = queue_size
@@ -326,8 +335,13 @@ class SSEBroker(Publishing, Service):
         list, and C{clients} counts this node's matching subscribers when
         the relay answered.
 
+        Items with an idempotency key go through L{publish_once} (then the
+        answer is always a Deferred): a repeat of a key is not published.
+
         @raise InvalidItem: with a relay, for an item with an id of its own.
         """
+        if any(item.idempotency_key is not None for item in items):
+            return publish_once(self.idempotency, items, self.publish_items, self.reactor)
         relay = self.relay
         if relay is None:
             done = []

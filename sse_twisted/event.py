@@ -25,6 +25,7 @@ __all__ = [
     "DROPPED_EVENT",
     "ITEM_FIELDS",
     "MAX_CHANNEL_LENGTH",
+    "MAX_IDEMPOTENCY_KEY_LENGTH",
     "MAX_ID_LENGTH",
     "MAX_RETRY",
     "RESET_EVENT",
@@ -44,6 +45,10 @@ MAX_RETRY = 86_400_000
 #: server looks up. One limit for both sides, so no id it sends out can come
 #: back as a header it refuses (EventSource would then give up for good).
 MAX_ID_LENGTH = 1024
+
+#: Longest idempotency key (visible ASCII, no spaces: it may come as a header).
+MAX_IDEMPOTENCY_KEY_LENGTH = 255
+_IDEMPOTENCY_KEY = re.compile(f"[!-~]{{1,{MAX_IDEMPOTENCY_KEY_LENGTH}}}")
 
 # CR, LF and NUL would let a value end its field line early and inject fields
 # into every subscriber's stream; they are refused in names and ids.
@@ -174,7 +179,7 @@ class InvalidItem(ValueError):
 
 
 #: The keys of a publish mapping (L{Item.from_mapping}).
-ITEM_FIELDS = frozenset({"channel", "event", "data", "text", "id", "retry"})
+ITEM_FIELDS = frozenset({"channel", "event", "data", "text", "id", "retry", "idempotency_key"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -194,6 +199,8 @@ class Item:
     payload: str
     retry: int | None = None
     id: str | None = None
+    #: Publish this at most once per key (see L{sse_twisted.idempotency}).
+    idempotency_key: str | None = None
 
     @classmethod
     def create(
@@ -205,6 +212,7 @@ class Item:
         text: str | None = None,
         id: str | None = None,
         retry: int | None = None,
+        idempotency_key: str | None = None,
     ) -> Item:
         """
         Validate the fields and encode the payload.
@@ -215,6 +223,9 @@ class Item:
             fragments for htmx, or a payload encoded before).
         @param id: the event's id; L{None} lets the broker (or relay) choose.
         @param retry: the reconnection delay in milliseconds for EventSource.
+        @param idempotency_key: a repeat of this key within the broker's
+            idempotency window is not published again (1 to
+            L{MAX_IDEMPOTENCY_KEY_LENGTH} visible ASCII characters).
 
         @raise TypeError: for a wrongly typed field or data JSON cannot encode.
         @raise ValueError: for a bad channel, CR/LF/NUL in C{event} or C{id},
@@ -251,7 +262,14 @@ class Item:
             payload = encode_json(data)
             if not payload.isascii():
                 _check_utf8("data", payload)  # a lone surrogate in a str or a key
-        return cls(channel, event, payload, retry, id)
+        if idempotency_key is not None and not (
+            isinstance(idempotency_key, str) and _IDEMPOTENCY_KEY.fullmatch(idempotency_key)
+        ):
+            raise ValueError(
+                f"idempotency key must be 1 to {MAX_IDEMPOTENCY_KEY_LENGTH} visible ASCII"
+                f" characters (no spaces), got {ascii(idempotency_key)[:80]}"
+            )
+        return cls(channel, event, payload, retry, id, idempotency_key)
 
     @classmethod
     def from_mapping(cls, item: Mapping[str, Any], index: int | None = None) -> Item:
@@ -274,7 +292,7 @@ class Item:
                 raise ValueError("missing field: channel")
             if ("data" in item) == ("text" in item):
                 raise ValueError("give exactly one of 'data' (any JSON) or 'text' (a string)")
-            for name in ("channel", "text", "id"):
+            for name in ("channel", "text", "id", "idempotency_key"):
                 if name in item and not isinstance(item[name], str):
                     raise ValueError(f"{name} must be a string")
             if item.get("event") is not None and not isinstance(item["event"], str):
@@ -291,6 +309,7 @@ class Item:
                 text=item.get("text"),
                 id=item.get("id"),
                 retry=retry,
+                idempotency_key=item.get("idempotency_key"),
             )
         except (TypeError, ValueError) as e:
             if isinstance(e, InvalidItem):

@@ -24,6 +24,7 @@ from .broker import SSEBroker
 from .cors import CORSPolicy
 from .errors import HTTPError, error_response, json_response, method_not_allowed
 from .event import InvalidItem, Item
+from .idempotency import IdempotencyError
 from .limits import RateLimiter
 from .publishing import Published
 from .relay import BatchTooLarge
@@ -146,7 +147,7 @@ class PublishResource(Resource):
                 raise HTTPError(503, "server is draining; publish to another node")
             if broker.relay is not None and not broker.relay.ready:
                 raise HTTPError(503, "the relay (Redis) is not connected; nothing was published")
-            batch, items = self._items(self._read_json(request), grant)
+            batch, items = self._items(_with_key(self._read_json(request), request), grant)
             try:
                 done = broker.publish_items(items)
             except InvalidItem as e:
@@ -167,6 +168,11 @@ class PublishResource(Resource):
             self._finish(request, 200, _answer(published, batch))
 
         def failed(failure: Failure) -> None:
+            refused = _refusal(failure.value, batch) if failure.value is not None else None
+            if refused is not None:
+                error_response(request, refused)  # its status and headers
+                self._finish(request, refused.status, {"error": refused.message})
+                return
             self.log.warn("Publish through the relay failed: {error}", error=failure.value)
             self._finish(request, 503, {"error": f"not published: {failure.value}"})
 
@@ -237,6 +243,44 @@ def _item_error(error: InvalidItem, batch: bool) -> HTTPError:
 
 
 def _answer(published: list[Published], batch: bool) -> Any:
-    """The 200 answer: each event's id and how many subscribers here it went to."""
-    answers = [{"id": p.id, "clients": p.clients} for p in published]
+    """
+    The 200 answer: each event's id and how many subscribers here it went
+    to; a repeat of an idempotency key is marked C{"duplicate": true}.
+    """
+    answers: list[dict[str, Any]] = [{"id": p.id, "clients": p.clients} for p in published]
+    for answer, p in zip(answers, published, strict=True):
+        if p.duplicate:
+            answer["duplicate"] = True
     return answers if batch else answers[0]
+
+
+def _with_key(body: Any, request: Request) -> Any:
+    """A single event's body with the C{Idempotency-Key} header's key, if any."""
+    header = request.getHeader(b"idempotency-key")
+    if header is None:
+        return body
+    key = header.decode("latin-1").strip()
+    if isinstance(body, list):
+        raise HTTPError(
+            400,
+            "Idempotency-Key is for a single event; give each item of a batch"
+            ' its own "idempotency_key"',
+        )
+    if isinstance(body, dict):
+        if body.get("idempotency_key", key) != key:
+            raise HTTPError(400, 'Idempotency-Key and "idempotency_key" differ')
+        return {**body, "idempotency_key": key}
+    return body
+
+
+def _refusal(error: BaseException, batch: bool) -> HTTPError | None:
+    """The answer to a publish that failed after render returned, if not a 503."""
+    if isinstance(error, IdempotencyError):
+        where = f"item {error.index}: " if batch and error.index is not None else ""
+        retry = {b"retry-after": b"%d" % math.ceil(error.retry_after)} if error.retry_after else {}
+        return HTTPError(error.status, f"{where}{error}", retry)
+    if isinstance(error, InvalidItem):
+        return _item_error(error, batch)
+    if isinstance(error, BatchTooLarge):
+        return HTTPError(413, str(error))
+    return None

@@ -28,6 +28,8 @@ class Published:
     clients: int
     #: The event as framed for delivery, when it was framed here.
     framed: Event | None = None
+    #: A repeat of an idempotency key: not published again; C{id} is the first one's.
+    duplicate: bool = False
 
     @property
     def event(self) -> Event:

@@ -35,6 +35,7 @@ from .auth import JWTAuth
 from .broker import SSEBroker
 from .cors import CORSPolicy
 from .history import DEFAULT_HISTORY_BYTES
+from .idempotency import DEFAULT_WINDOW, MAX_WINDOW, idempotency_for
 from .limits import DEFAULT_MAX_CHANNELS, RateLimiter, SubscriberLimits
 from .paths import normalise_path
 from .publish import DEFAULT_MAX_BODY
@@ -271,6 +272,14 @@ class Options(usage.Options):
             seconds("write-timeout"),
         ],
         [
+            "idempotency-window",
+            None,
+            DEFAULT_WINDOW,
+            "Seconds a publish's Idempotency-Key is remembered (a repeat is not published"
+            " again); 0: keys are refused.",
+            seconds("idempotency-window"),
+        ],
+        [
             "redis-timeout",
             None,
             5.0,
@@ -476,6 +485,11 @@ class Options(usage.Options):
                 parse_redis_url(self["redis"])
             except ValueError as e:
                 raise usage.UsageError(f"{origins['redis']}: {e}") from None
+        if self["idempotency-window"] > MAX_WINDOW:
+            raise usage.UsageError(
+                f"--idempotency-window must be at most {MAX_WINDOW:g} seconds (a week),"
+                f" got {self['idempotency-window']:g}"
+            )
         if self["publish-burst"] and not self["publish-rate"]:
             raise usage.UsageError("--publish-burst needs --publish-rate")
         if self["jwt-secret"] == "":
@@ -547,6 +561,7 @@ def makeService(options: Options) -> IService:
         history_bytes=options["history-bytes"],
         write_timeout=options["write-timeout"],
         drain_timeout=options["drain-timeout"],
+        idempotency=idempotency_for(options, relay),
     )
     auth = None
     if options["jwt-secret"] or options["jwt-public-key"]:

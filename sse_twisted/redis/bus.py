@@ -401,3 +401,14 @@ class RedisBus:
         return link.transaction(commands).addCallbacks(
             lambda replies: [str(stream_id) for stream_id in replies[:count]], unsure
         )
+
+    def transaction(self, commands: Sequence[Sequence[Any]]) -> Deferred[list[Any]]:
+        """
+        Run C{commands} in one C{MULTI}/C{EXEC} on the publishing connection
+        (for stores that share this Redis, such as idempotency keys); their
+        replies, or L{RedisUnavailable} when not connected.
+        """
+        link = self._publisher
+        if link is None or not self.ready or not link.connected:
+            return fail(RedisUnavailable(f"Redis at {self._where} is not connected"))
+        return link.transaction(commands)
