@@ -20,6 +20,7 @@ from ._transport import request_gone
 from .auth import Grant, JWTAuth, PublishAuth
 from .broker import SSEBroker
 from .cors import CORSPolicy
+from .durable import HistoryUnavailable
 from .errors import HTTPError, error_response, json_response, method_not_allowed
 from .event import InvalidItem, Item
 from .limits import RateLimiter
@@ -144,19 +145,27 @@ class PublishResource(Resource):
                 raise _item_error(e, batch) from None
             except BatchTooLarge as e:  # over the relay's history: nothing stored
                 raise HTTPError(413, str(e)) from None
+            except HistoryUnavailable as e:  # the history's file failed: nothing published
+                raise HTTPError(503, str(e)) from None
         except HTTPError as e:
             body = error_response(request, e)
             self._count(request)
             return body
-        if isinstance(done, list):  # no relay: published already
+        if isinstance(done, list) and not broker.durable:  # no relay: published already
             body = json_response(request, 200, _answer(done, batch))
             self._count(request)
             return body
+        if isinstance(done, list):  # delivered; answered once committed to disk
+            delivered = done
+            done = broker.committed().addCallback(lambda _: delivered)
 
         def answer(published: list[Published]) -> None:
             self._finish(request, 200, _answer(published, batch))
 
         def failed(failure: Failure) -> None:
+            if broker.relay is None:  # delivered live, but not committed: not acknowledged
+                self._finish(request, 503, {"error": f"not committed: {failure.value}"})
+                return
             self.log.warn("Publish through the relay failed: {error}", error=failure.value)
             self._finish(request, 503, {"error": f"not published: {failure.value}"})
 
