@@ -550,3 +550,15 @@ def test_make_service_unusable_file(tmp_path: Path) -> None:
     assert e.value.code == 1
     assert str(e.value).startswith(f"history database {path} has schema version 2")
     assert [log["message"] for log in logs if log.get("message")] == [str(e.value)]
+
+
+def test_metrics_count_commits(db: Path, clock: Clock) -> None:
+    """/metrics counts the transactions and the events committed (events per group commit)."""
+    runner = ManualRunner()
+    _, site = serve(clock, history=opened(db, clock, runner))
+    post(site, [{"channel": "c", "data": n} for n in range(3)])
+    clock.advance(0)
+    runner.run_all()
+    text = Conn(site, b"/metrics").raw().decode()
+    assert "\nsse_history_commits_total 1.0\n" in text
+    assert "\nsse_history_committed_events_total 3.0\n" in text
