@@ -378,8 +378,9 @@ def test_failure_propagates(db: Path, clock: Clock) -> None:
 
 def test_broker_publish_fails_after_write_failure(db: Path, clock: Clock) -> None:
     """
-    Over HTTP: the publish whose commit failed is answered 503, and later
-    publishes are refused (503) and delivered to no one.
+    Over HTTP: the publish whose commit failed is answered 503, later
+    publishes are refused (503) and delivered to no one, and /health says
+    503 so a load balancer sends publishers elsewhere.
     """
     runner = ManualRunner()
     history = opened(db, clock, runner)
@@ -399,6 +400,9 @@ def test_broker_publish_fails_after_write_failure(db: Path, clock: Clock) -> Non
     assert second.status == 503
     assert "nothing is published" in second.json()["error"]
     assert len(sub.events()) == seen
+    health = Conn(site, b"/health")
+    assert health.status == 503
+    assert health.json() == {"status": "unavailable", "reason": "writing the history failed"}
 
 
 # --- over HTTP, and in the broker ------------------------------------------------
