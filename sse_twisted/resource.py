@@ -214,4 +214,8 @@ class HealthResource(ReadResource):
             return json_response(
                 request, 503, {"status": "unavailable", "reason": "relay (Redis) not connected"}
             )
+        if getattr(self.broker.history, "failed", None) is not None:  # --history-db's writes
+            return json_response(
+                request, 503, {"status": "unavailable", "reason": "writing the history failed"}
+            )
         return json_response(request, 200, {"status": "ok", "clients": self.broker.client_count()})
