@@ -200,7 +200,10 @@ class PageResource(ReadResource):
 
 
 class HealthResource(ReadResource):
-    """200 while serving, 503 while draining or without the relay (for load balancers)."""
+    """
+    200 while serving; 503 while draining, without the relay, or once the
+    durable history failed to write (for load balancers).
+    """
 
     def __init__(self, broker: SSEBroker) -> None:
         super().__init__()
