@@ -15,6 +15,7 @@ from .auth import JWTAuth
 from .broker import SSEBroker
 from .client import EventSource
 from .cors import CORSPolicy
+from .durable import SQLiteHistory
 from .event import Event, InvalidItem, Item
 from .history import IHistory, MemoryHistory
 from .limits import RateLimiter, SubscriberLimits
@@ -47,6 +48,7 @@ __all__ = [
     "PublishResource",
     "Published",
     "RateLimiter",
+    "SQLiteHistory",
     "SSEBroker",
     "SSEService",
     "Stats",

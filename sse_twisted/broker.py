@@ -19,7 +19,7 @@ from collections.abc import Container, Iterable, Sequence
 from typing import Any
 
 from twisted.application.service import Service
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -202,12 +202,19 @@ class SSEBroker(Publishing, Service):
             self.relay.start()
 
     def stopService(self) -> Deferred[None]:
-        """Drain every stream (L{drain_timeout}), then stop the relay."""
+        """
+        Drain every stream (L{drain_timeout}), then stop the relay, then close
+        the history if it has a C{close} (L{sse_twisted.SQLiteHistory}: what
+        is pending is committed first).
+        """
         super().stopService()
         stopped = self.drain(self.drain_timeout)
         relay = self.relay
         if relay is not None:
             stopped.addCallback(lambda _: relay.stop())
+        close = getattr(self.history, "close", None)  # a durable history's file
+        if close is not None:
+            stopped.addCallback(lambda _: close())
         return stopped
 
     # Subscribing
@@ -359,6 +366,24 @@ class SSEBroker(Publishing, Service):
                 for item, event_id in zip(items, ids, strict=True)
             ]
         )
+
+    @property
+    def durable(self) -> bool:
+        """Whether the history commits events to disk (it has C{committed})."""
+        return getattr(self.history, "committed", None) is not None
+
+    def committed(self) -> Deferred[None]:
+        """
+        A Deferred that fires once every event published so far is durable:
+        committed by a durable history (L{sse_twisted.SQLiteHistory}); at
+        once with any other. It fails if the write failed. Live subscribers
+        do not wait for it; C{POST /publish} answers only after it.
+        """
+        committed = getattr(self.history, "committed", None)
+        if committed is None:
+            return succeed(None)
+        done: Deferred[None] = committed()
+        return done
 
     def dispatch(self, event: Event) -> int:
         """

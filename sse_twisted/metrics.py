@@ -134,6 +134,16 @@ class BrokerCollector:
             "Bytes of events held for resuming clients.",
             value=getattr(history, "bytes", 0),
         )
+        commits = getattr(history, "commits", None)
+        if commits is not None:  # a durable history (--history-db)
+            yield CounterMetricFamily(
+                "sse_history_commits", "Transactions committed to the history's file.", commits
+            )
+            yield CounterMetricFamily(
+                "sse_history_committed_events",
+                "Events committed to the history's file.",
+                getattr(history, "committed_events", 0),
+            )
         relay = broker.relay
         if relay is not None:
             yield from _relay_metrics(relay)

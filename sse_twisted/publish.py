@@ -22,11 +22,12 @@ from ._transport import request_gone
 from .auth import Grant, JWTAuth, PublishAuth
 from .broker import SSEBroker
 from .cors import CORSPolicy
+from .durable import HistoryUnavailable
 from .errors import HTTPError, error_response, json_response, method_not_allowed
 from .event import InvalidItem, Item
 from .idempotency import IdempotencyError
 from .limits import RateLimiter
-from .publishing import Published
+from .publishing import Published, maybe_deferred
 from .relay import BatchTooLarge
 from .stats import Histogram
 
@@ -154,15 +155,22 @@ class PublishResource(Resource):
                 raise _item_error(e, batch) from None
             except BatchTooLarge as e:  # over the relay's history: nothing stored
                 raise HTTPError(413, str(e)) from None
+            except HistoryUnavailable as e:  # the history's file failed: nothing published
+                raise HTTPError(503, str(e)) from None
         except HTTPError as e:
             body = error_response(request, e)
             self._count(request)
             return body
-        if isinstance(done, list):  # no relay: published already
+        if isinstance(done, list) and not broker.durable:  # no relay: published already
             body = json_response(request, 200, _answer(done, batch))
             self._count(request)
             self.durations.observe(self.timer() - started)
             return body
+        waiting = maybe_deferred(done)
+        if broker.durable:  # delivered; answered once committed to disk
+            waiting.addCallback(
+                lambda published: broker.committed().addCallback(lambda _: published)
+            )
 
         def answer(published: list[Published]) -> None:
             self._finish(request, 200, _answer(published, batch))
@@ -173,11 +181,14 @@ class PublishResource(Resource):
                 error_response(request, refused)  # its status and headers
                 self._finish(request, refused.status, {"error": refused.message})
                 return
+            if broker.durable:  # delivered live, but not committed: not acknowledged
+                self._finish(request, 503, {"error": f"not committed: {failure.value}"})
+                return
             self.log.warn("Publish through the relay failed: {error}", error=failure.value)
             self._finish(request, 503, {"error": f"not published: {failure.value}"})
 
-        done.addCallbacks(answer, failed)
-        done.addCallback(lambda _: self.durations.observe(self.timer() - started))
+        waiting.addCallbacks(answer, failed)
+        waiting.addCallback(lambda _: self.durations.observe(self.timer() - started))
         return NOT_DONE_YET
 
     def _finish(self, request: Request, status: int, body: Any) -> None:

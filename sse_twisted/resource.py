@@ -200,7 +200,10 @@ class PageResource(ReadResource):
 
 
 class HealthResource(ReadResource):
-    """200 while serving, 503 while draining or without the relay (for load balancers)."""
+    """
+    200 while serving; 503 while draining, without the relay, or once the
+    durable history failed to write (for load balancers).
+    """
 
     def __init__(self, broker: SSEBroker) -> None:
         super().__init__()
@@ -213,5 +216,9 @@ class HealthResource(ReadResource):
         if relay is not None and not relay.ready:
             return json_response(
                 request, 503, {"status": "unavailable", "reason": "relay (Redis) not connected"}
+            )
+        if getattr(self.broker.history, "failed", None) is not None:  # --history-db's writes
+            return json_response(
+                request, 503, {"status": "unavailable", "reason": "writing the history failed"}
             )
         return json_response(request, 200, {"status": "ok", "clients": self.broker.client_count()})

@@ -10,7 +10,7 @@ import sys
 from typing import Any, cast
 from urllib.parse import urlsplit
 
-from twisted.application.service import IService
+from twisted.application.service import IService, Service
 from twisted.copyright import version as twisted_version
 from twisted.logger import Logger
 from twisted.python import usage
@@ -34,6 +34,7 @@ from .app import make_resource
 from .auth import JWTAuth
 from .broker import SSEBroker
 from .cors import CORSPolicy
+from .durable import HistoryFileError, SQLiteHistory
 from .history import DEFAULT_HISTORY_BYTES
 from .idempotency import DEFAULT_WINDOW, MAX_WINDOW, idempotency_for
 from .limits import DEFAULT_MAX_CHANNELS, RateLimiter, SubscriberLimits
@@ -160,6 +161,13 @@ class Options(usage.Options):
             DEFAULT_HISTORY_BYTES,
             "Most bytes of events the history holds (the oldest go first); 0: no byte bound.",
             count("history-bytes"),
+        ],
+        [
+            "history-db",
+            None,
+            None,
+            "Keep the history in this SQLite file (created if missing), so clients resume "
+            "across restarts and crashes; a publish is answered once it is on disk.",
         ],
         [
             "heartbeat",
@@ -490,6 +498,16 @@ class Options(usage.Options):
                 f"--idempotency-window must be at most {MAX_WINDOW:g} seconds (a week),"
                 f" got {self['idempotency-window']:g}"
             )
+        if self["history-db"] is not None:
+            if self["redis"]:
+                raise usage.UsageError(
+                    "give --history-db or --redis, not both (with Redis, the history is "
+                    "Redis's stream: make Redis persistent instead)"
+                )
+            if not self["history-db"]:
+                raise usage.UsageError("--history-db must not be empty (give a file's path)")
+            if self["history"] == 0:
+                raise usage.UsageError("--history-db needs a history (--history N, N > 0)")
         if self["publish-burst"] and not self["publish-rate"]:
             raise usage.UsageError("--publish-burst needs --publish-rate")
         if self["jwt-secret"] == "":
@@ -549,13 +567,22 @@ def makeService(options: Options) -> IService:
             command_timeout=options["redis-timeout"],
         )
         relay.history.max_bytes = options["history-bytes"]
+    history: int | SQLiteHistory = options["history"]
+    if options["history-db"] is not None:
+        history = SQLiteHistory(
+            options["history-db"],
+            options["history"],
+            options["history-ttl"],
+            max_bytes=options["history-bytes"],
+            open=False,  # when the service starts: after twistd forks and changes directory
+        )
     broker = SSEBroker(
         relay=relay,
         queue_size=options["queue-size"],
         overflow=options["overflow"],
         heartbeat=options["heartbeat"],
         retry=options["retry"],
-        history=options["history"],
+        history=history,
         log_clients=bool(options["log-clients"]),
         history_ttl=options["history-ttl"],
         history_bytes=options["history-bytes"],
@@ -603,4 +630,49 @@ def makeService(options: Options) -> IService:
         f" ({'token required' if options['publish-token'] else 'loopback only'})"
         f"\n{options_line(options)}"  # secrets redacted
     )
-    return SSEService(options["port"], site, broker, banner=banner)
+    service = SSEService(options["port"], site, broker, banner=banner)
+    if isinstance(history, SQLiteHistory):
+        # The first child: a file that cannot be used ends the start before
+        # the port is bound (and logged as listening).
+        opener = OpenHistory(history)
+        opener.parent = service
+        service.services.insert(0, opener)
+    return service
+
+
+class CannotOpenHistory(SystemExit, Exception):
+    """
+    The history's file cannot be used; the reason is already logged as one
+    line. A C{SystemExit} (code 1) and an C{Exception}, as
+    L{sse_twisted.service.CannotListen} (which says why): twistd exits 1 at
+    once, without a traceback, and removes its pidfile.
+    """
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.code = 1
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+class OpenHistory(Service):
+    """
+    Opens a L{SQLiteHistory}'s file as twistd starts the application: after
+    it daemonised (SQLite connections must not cross a C{fork}) and changed
+    to C{--rundir}, before the reactor runs. A file that cannot be used
+    ends twistd with status 1 and one line, as a port that cannot be had does.
+    """
+
+    log = Logger()
+
+    def __init__(self, history: SQLiteHistory) -> None:
+        self.history = history
+
+    def privilegedStartService(self) -> None:
+        super().privilegedStartService()
+        try:
+            self.history.open()
+        except HistoryFileError as e:
+            self.log.critical("{message}", message=str(e))
+            raise CannotOpenHistory(str(e)) from None

@@ -8,6 +8,7 @@ import datetime as _dt
 import os
 import platform
 import resource
+import shlex
 import sys
 from pathlib import Path
 from typing import Any
@@ -83,16 +84,18 @@ def parse_args(
         "--variant",
         action="append",
         default=[],
-        metavar="NAME=TWISTD",
+        metavar="NAME=TWISTD[::ARGS]",
         help="also run another sse_twisted build as server sse_twisted@NAME (its twistd path); "
-        "repeatable: measures an optimisation against the code before it, interleaved",
+        "repeatable: measures an optimisation against the code before it, interleaved; "
+        "'::ARGS' adds `twistd sse` arguments ({port} becomes the server's port)",
     )
     args = ap.parse_args(argv)
     for spec in args.variant:
         vname, sep, vpath = spec.partition("=")
+        vpath, _, extra = vpath.partition("::")
         if not sep or not Path(vpath).exists():
-            ap.error(f"--variant wants NAME=PATH_TO_TWISTD, got {spec!r}")
-        add_variant(vname, Path(vpath))
+            ap.error(f"--variant wants NAME=PATH_TO_TWISTD[::ARGS], got {spec!r}")
+        add_variant(vname, Path(vpath), shlex.split(extra))
     return ap, args
 
 

@@ -44,12 +44,16 @@ def free_port() -> int:
 #: Other builds of sse_twisted to measure beside this one (--variant NAME=TWISTD):
 #: server "sse_twisted@NAME" runs that twistd, e.g. from an older commit's venv.
 VARIANTS: dict[str, Path] = {}
+#: Extra `twistd sse` arguments of a variant (--variant NAME=TWISTD::ARGS); "{port}"
+#: in them becomes the server's port (e.g. a file of its own per run).
+VARIANT_ARGS: dict[str, list[str]] = {}
 
 
-def add_variant(name: str, twistd: Path) -> str:
-    """Make server "sse_twisted@NAME" run `twistd`; return that server name."""
+def add_variant(name: str, twistd: Path, extra: list[str] | None = None) -> str:
+    """Make server "sse_twisted@NAME" run `twistd` (with `extra` args); return that name."""
     server = f"sse_twisted@{name}"
     VARIANTS[server] = twistd
+    VARIANT_ARGS[server] = extra or []
     ALL_SERVERS.append(server)
     return server
 
@@ -71,6 +75,7 @@ def server_cmd(name: str, port: int, heartbeat: float, queue: int) -> list[str]:
             str(queue),
             "--overflow",
             "drop",
+            *(arg.replace("{port}", str(port)) for arg in VARIANT_ARGS.get(name, [])),
         ]
     if name == "twisted-floor":
         return [py[0], py[1] + "/twisted_floor.py", *common]

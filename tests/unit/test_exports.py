@@ -21,7 +21,7 @@ def test_exports() -> None:
         "RateLimiter": "limits", "SSEBroker": "broker", "SSEService": "service",
         "Stats": "stats", "StreamResource": "resource", "Subscriber": "subscriber",
         "SubscriberLimits": "limits", "make_app": "app", "make_resource": "app",
-        "normalise_path": "paths", "__version__": "_version",
+        "normalise_path": "paths", "__version__": "_version", "SQLiteHistory": "durable",
     }  # fmt: skip
     assert set(sse_twisted.__all__) == set(homes)
     for name, module in homes.items():
