@@ -329,13 +329,25 @@ class SQLiteIdempotency(MemoryIdempotency):
         reactor: Any = None,
         *,
         run: Callable[[Callable[[], None]], Deferred[None]] | None = None,
+        open: bool = True,
     ) -> None:
         super().__init__(window, max_keys, reactor)
         self.path = path
         self._run = run
         self._queue: list[tuple[list[_Row], Deferred[None]]] = []
         self._busy = False
-        db = sqlite3.connect(path, check_same_thread=False, timeout=10.0)
+        self._max_keys = max_keys
+        if open:
+            self.open()
+
+    def open(self) -> None:
+        """
+        Open the file and read back its unexpired keys. C{twistd sse} calls it
+        as the application starts, with the history's file, after twistd
+        daemonised: an SQLite connection must not cross a C{fork}.
+        """
+        max_keys = self._max_keys
+        db = sqlite3.connect(self.path, check_same_thread=False, timeout=10.0)
         try:
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=FULL")
@@ -396,8 +408,10 @@ class SQLiteIdempotency(MemoryIdempotency):
         return deferToThreadPool(reactor, reactor.getThreadPool(), f)
 
     def close(self) -> None:
-        """Close the file (records still committing fail)."""
-        self._db.close()
+        """Close the file, if open (records still committing fail)."""
+        db = getattr(self, "_db", None)
+        if db is not None:
+            db.close()
 
 
 class _Commands(Protocol):
@@ -601,6 +615,6 @@ def idempotency_for(
     if relay is not None:
         return RedisIdempotency(relay, window)
     path = options.get("history-db")
-    if path:
-        return SQLiteIdempotency(path, window, reactor=reactor)
+    if path:  # opened at start, with the history (OpenHistory in tap)
+        return SQLiteIdempotency(path, window, reactor=reactor, open=False)
     return MemoryIdempotency(window, reactor=reactor)

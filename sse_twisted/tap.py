@@ -6,6 +6,7 @@ import getopt
 import importlib.util
 import os
 import re
+import sqlite3
 import sys
 from typing import Any, cast
 from urllib.parse import urlsplit
@@ -36,7 +37,7 @@ from .broker import SSEBroker
 from .cors import CORSPolicy
 from .durable import HistoryFileError, SQLiteHistory
 from .history import DEFAULT_HISTORY_BYTES
-from .idempotency import DEFAULT_WINDOW, MAX_WINDOW, idempotency_for
+from .idempotency import DEFAULT_WINDOW, MAX_WINDOW, SQLiteIdempotency, idempotency_for
 from .limits import DEFAULT_MAX_CHANNELS, RateLimiter, SubscriberLimits
 from .paths import normalise_path
 from .publish import DEFAULT_MAX_BODY
@@ -588,7 +589,7 @@ def makeService(options: Options) -> IService:
         history_bytes=options["history-bytes"],
         write_timeout=options["write-timeout"],
         drain_timeout=options["drain-timeout"],
-        idempotency=idempotency_for(options, relay),
+        idempotency=(idempotency := idempotency_for(options, relay)),
     )
     auth = None
     if options["jwt-secret"] or options["jwt-public-key"]:
@@ -634,7 +635,9 @@ def makeService(options: Options) -> IService:
     if isinstance(history, SQLiteHistory):
         # The first child: a file that cannot be used ends the start before
         # the port is bound (and logged as listening).
-        opener = OpenHistory(history)
+        opener = OpenHistory(
+            history, idempotency if isinstance(idempotency, SQLiteIdempotency) else None
+        )
         opener.parent = service
         service.services.insert(0, opener)
     return service
@@ -666,8 +669,9 @@ class OpenHistory(Service):
 
     log = Logger()
 
-    def __init__(self, history: SQLiteHistory) -> None:
+    def __init__(self, history: SQLiteHistory, keys: SQLiteIdempotency | None = None) -> None:
         self.history = history
+        self.keys = keys
 
     def privilegedStartService(self) -> None:
         super().privilegedStartService()
@@ -676,3 +680,10 @@ class OpenHistory(Service):
         except HistoryFileError as e:
             self.log.critical("{message}", message=str(e))
             raise CannotOpenHistory(str(e)) from None
+        if self.keys is not None:
+            try:
+                self.keys.open()
+            except sqlite3.Error as e:
+                message = f"--history-db {self.history.path}: idempotency keys: {e}"
+                self.log.critical("{message}", message=message)
+                raise CannotOpenHistory(message) from None

@@ -258,3 +258,31 @@ def test_with_redis_refused() -> None:
     """--history-db with --redis: one line at option time, exit 1."""
     ended = run("--history-db", "x.db", "--redis", "redis://127.0.0.1:1")
     refused(ended, "give --history-db or --redis, not both")
+
+
+def test_idempotency_key_holds_across_a_sigkill(
+    servers: Callable[..., Server], tmp_path: Path
+) -> None:
+    """
+    With --history-db, a publish answered 200 for an Idempotency-Key is a
+    duplicate (same id, nothing delivered) after a SIGKILL and a restart on
+    the same file; the key's table lives beside the events and is opened at
+    start, after the fork, not when the options are read.
+    """
+    db = str(tmp_path / "h.db")
+    body = {"channel": "orders", "event": "created", "data": {"n": 1}}
+    key = {"Idempotency-Key": "order-1"}
+    srv = servers("--history-db", db)
+    status, _, first = srv.request("POST", "/publish", body, key)
+    assert status == 200 and "duplicate" not in first
+    srv.stop(signal.SIGKILL)
+    again = servers("--history-db", db)
+    sub = RawSubscriber(again, "/events?channel=orders")
+    sub.read_until(b": connected")
+    status, _, repeat = again.request("POST", "/publish", body, key)
+    assert (status, repeat) == (200, {"id": first["id"], "clients": 0, "duplicate": True})
+    status, _, other = again.request("POST", "/publish", {**body, "data": {"n": 2}}, key)
+    assert status == 409
+    again.publish("orders", text="end")
+    sub.read_until(b"data: end\n\n")
+    assert [e.data for e in events(sub)] == ["end"]
