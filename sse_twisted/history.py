@@ -71,7 +71,8 @@ class MemoryHistory:
 
     Appending is O(1) amortised; C{since} is O(1) to find the id, plus the
     events it looks at (those returned, and with a channel filter those it
-    skips); C{latest} on a set of channels with C{limit=1} is O(channels).
+    skips); C{latest} with C{limit=1} (the cursor every stream is told) is
+    O(channels held) at worst, never O(history).
 
     How: events sit in a list with a moving head (C{_head}, the oldest held)
     rather than a deque, so that an event's sequence number gives its index
@@ -210,14 +211,13 @@ class MemoryHistory:
         if channels is None:
             first = head if limit is None else max(head, len(events) - limit)
             return events[first:]  # type: ignore[return-value]  # held: never None
-        if limit == 1 and isinstance(channels, Set):
-            # The cursor every new stream is told: O(channels), whatever
-            # the other channels published since.
-            newest_on = self._newest_on
-            seqs = [newest_on[c] for c in channels if c in newest_on]
-            if not seqs:
+        if limit == 1:
+            # The cursor every new stream is told: never O(history) on a
+            # quiet channel, whatever the others published since.
+            newest = self._newest_seq(channels)
+            if newest is None:
                 return []
-            event = events[max(seqs) - self._base]
+            event = events[newest - self._base]
             assert event is not None
             return [event]
         out: list[Event] = []
@@ -230,6 +230,30 @@ class MemoryHistory:
                     break
         out.reverse()
         return out
+
+    def _newest_seq(self, channels: Container[str]) -> int | None:
+        """
+        The sequence number of the newest event held on C{channels}: O(the
+        smaller of C{channels} and the channels held) for a set; for any
+        other filter (L{sse_twisted.access.AllChannels}) a look back over as
+        many events as there are channels held, then over those channels.
+        """
+        newest_on = self._newest_on
+        if type(channels) is frozenset or isinstance(channels, Set):
+            if len(channels) <= len(newest_on):
+                seqs = [newest_on[c] for c in channels if c in newest_on]
+            else:
+                seqs = [seq for c, seq in newest_on.items() if c in channels]
+            return max(seqs) if seqs else None
+        events = self._events
+        stop = max(self._head, len(events) - len(newest_on)) - 1
+        for index in range(len(events) - 1, stop, -1):
+            event = events[index]
+            assert event is not None
+            if event.channel in channels:
+                return self._base + index
+        seqs = [seq for c, seq in newest_on.items() if c in channels]
+        return max(seqs) if seqs else None
 
     @property
     def newest_id(self) -> str | None:
