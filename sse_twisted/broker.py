@@ -16,7 +16,7 @@ import os
 import random
 import time
 from collections.abc import Container, Iterable, Sequence
-from typing import Any
+from typing import Any, Literal
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, succeed
@@ -145,6 +145,8 @@ class SSEBroker(Publishing, Service):
             )
         if overflow == "catchup" and history is None:
             raise ValueError("overflow='catchup' needs a history to catch up from")
+        if history is not None and not callable(getattr(history, "latest", None)):
+            raise TypeError(f"{history!r} is not an IHistory: it has no latest() (for ?replay=)")
         self.history: IHistory | None = history
         if isinstance(idempotency, (int, float)):
             idempotency = MemoryIdempotency(idempotency, reactor=reactor) if idempotency else None
@@ -227,6 +229,7 @@ class SSEBroker(Publishing, Service):
         *,
         readable: Container[str] | None = None,
         expires: float | None = None,
+        replay: int | Literal["all"] = 0,
     ) -> int:
         """
         Turn C{request} into an event stream and hold it open.
@@ -244,8 +247,18 @@ class SSEBroker(Publishing, Service):
         @param expires: when (the reactor's seconds) the stream's authority
             ends: it then leaves the index at once and ends (cleanly with
             what it was owed before, else aborted so it resumes elsewhere).
+        @param replay: without C{last_event_id} (which takes precedence),
+            first send the newest C{replay} events the history holds on
+            these channels (C{"all"}: every one; C{0}: none), then the live
+            stream, with no gap and no duplicate.
         @return: C{NOT_DONE_YET}, for a resource's C{render} to return.
+
+        The response carries C{Last-Event-ID}: the newest id the history
+        holds on what the subscriber may read (none if it holds none), a
+        cursor to resume from that says nothing of channels it may not read.
         """
+        if replay != "all" and (type(replay) is not int or replay < 0):
+            raise ValueError(f"replay must be 'all' or an integer >= 0, got {replay!r}")
         if self._draining:
             return turn_away(request, "draining, reconnect later", self.jittered_retry())
         set_stream_headers(request)
@@ -266,11 +279,15 @@ class SSEBroker(Publishing, Service):
             request.notifyFinish().addBoth(self._gone, sub)
         if expires is not None:
             self._ends.expire_at(sub, expires)
+        if self.history is not None:
+            newest = self.history.latest(sub.readable, 1)
+            if newest and newest[0].id is not None:
+                request.responseHeaders.setRawHeaders(b"last-event-id", [newest[0].id.encode()])
         request.write(self._opening)
         # The head is out, and its headers are never read again: ~0.4 KiB per
         # stream that an idle one would otherwise hold for its whole life.
         request.responseHeaders = Headers()
-        sub.start(last_event_id)
+        sub.start(last_event_id, None if replay == "all" else replay)
         if self.log_clients:
             self.log.debug(
                 "SSE client {peer} subscribed to {channels}",

@@ -7,6 +7,8 @@ Every refusal is the right 4xx/5xx with a JSON body C{{"error": "..."}}
 
 from __future__ import annotations
 
+from typing import Literal
+
 from twisted.web.resource import Resource
 from twisted.web.server import Request
 
@@ -20,6 +22,7 @@ from .limits import SubscriberLimits
 
 __all__ = [
     "MAX_LAST_EVENT_ID",
+    "MAX_REPLAY",
     "HealthResource",
     "PageResource",
     "ReadResource",
@@ -85,6 +88,28 @@ def _last_event_id(request: Request) -> str | None:
         return UNUSABLE_LAST_EVENT_ID
 
 
+#: The largest C{?replay=N}: the history holds fewer than that (1,000 events by
+#: default), and a replay never sends more than it holds; C{all} asks for all.
+MAX_REPLAY = 1_000_000
+
+
+def _replay(request: Request) -> int | Literal["all"]:
+    """
+    C{?replay=}: C{all}, or how many of the newest events to send first
+    (C{0} or empty: none). Anything else is the page's mistake, refused
+    with 400 at once rather than ignored.
+    """
+    values = request.args.get(b"replay") if request.args else None
+    raw = values[-1] if values else b""
+    if not raw:
+        return 0
+    if raw == b"all":
+        return "all"
+    if len(raw) > len(str(MAX_REPLAY)) or not raw.isdigit() or int(raw) > MAX_REPLAY:
+        raise HTTPError(400, f"replay must be 'all' or a whole number from 0 to {MAX_REPLAY:,}")
+    return int(raw)
+
+
 class StreamResource(Resource):
     """
     GET subscribes the request to its broker; other methods get 405.
@@ -116,7 +141,11 @@ class StreamResource(Resource):
             if request.method == b"OPTIONS" and self.cors.preflight(request, b"GET"):
                 request.setResponseCode(204)
                 return b""
-            self.cors.apply(request)
+            if self.cors.apply(request):
+                # So that a page on another origin can read its cursor.
+                request.responseHeaders.setRawHeaders(
+                    b"access-control-expose-headers", [b"Last-Event-ID"]
+                )
         try:
             if request.method != b"GET":
                 raise method_not_allowed(b"GET")
@@ -127,6 +156,7 @@ class StreamResource(Resource):
                     400, f"at most {limits.max_channels} channels per subscription (--max-channels)"
                 )
             last_id = _last_event_id(request)
+            replay = _replay(request)
             grant = self._authorise(request, channels)
         except HTTPError as e:
             return error_response(request, e)
@@ -144,6 +174,7 @@ class StreamResource(Resource):
             last_id,
             readable=readable,
             expires=grant.expires if grant is not None else None,
+            replay=replay,
         )
         if limits is not None and not request.finished:
             limits.track(request)

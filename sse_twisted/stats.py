@@ -32,7 +32,7 @@ class Stats:
     slow_disconnects: int = 0
     #: Queue overflows turned into a catch-up from the history.
     catchups: int = 0
-    #: Events replayed from the history (resumes and catch-ups).
+    #: Events replayed from the history (resumes, ?replay= and catch-ups).
     replayed: int = 0
     #: sse.reset signals sent.
     resets: int = 0

@@ -225,20 +225,43 @@ class Subscriber:
 
     # The live state
 
-    def start(self, last_event_id: str | None = None) -> None:
+    def start(self, last_event_id: str | None = None, replay: int | None = 0) -> None:
         """
         Once the response head and opening are written: take the fast path
-        where the response allows it, and resume after C{last_event_id}.
+        where the response allows it, and resume after C{last_event_id}, or
+        else replay the newest C{replay} events it may read (L{None}: all
+        the history holds; C{0}: none).
         """
         self._chunk_writer = _transport.chunk_writer(self.request)
         self._set_live(self._live)
         if last_event_id:
             self._resume_from(last_event_id)
+        elif replay != 0 and self._history is not None:
+            self._replay(replay)
 
     def _set_live(self, live: bool) -> None:
         live = live and not self._ended
         self._live = live
         self.fast = self._chunk_writer if live else None
+
+    def _replay(self, count: int | None) -> None:
+        """
+        Write the newest C{count} events it may read (filtered by
+        C{readable}, as every path is), in this reactor turn, so the live
+        stream joins right after them. Should the client stop reading
+        midway, the rest take the resume's path: from the history after the
+        last one written, as it reads again.
+        """
+        assert self._history is not None
+        write = self._write
+        stats = self._stats
+        for event in self._history.latest(self.readable, count):
+            write(event.frame)
+            stats.replayed += 1
+            if self._paused:
+                assert event.id is not None
+                self._resume_from(event.id)
+                return
 
     def _resume_from(self, last_id: str) -> None:
         """Replay the events after C{last_id}, then join the live stream."""

@@ -19,7 +19,9 @@ class StreamHistory(MemoryHistory):
     Entries are held in stream order; appending an event whose id is not newer
     than the newest held is a no-op, so the reader and the broker's own
     C{dispatch} may both append the same event. With C{ttl}, an entry is
-    forgotten C{ttl} seconds after the time in its stream id.
+    forgotten C{ttl} seconds after the time in its stream id. L{newest_id}
+    (inherited) is the newest entry held, as for any history: one that the
+    TTL took is no longer a cursor to resume from.
 
     @param size: entries kept (the stream's C{MAXLEN}).
     @param ttl: seconds; C{0} keeps entries until pushed out.
@@ -29,13 +31,9 @@ class StreamHistory(MemoryHistory):
 
     def __init__(self, size: int = 1000, ttl: float = 0, reactor: Any = None) -> None:
         super().__init__(size, ttl, reactor)
+        # The key of the newest id appended since the last clear (held or
+        # not: an entry expired by the TTL must not come back).
         self._newest: tuple[int, int] | None = None
-        self._newest_id: str | None = None
-
-    @property
-    def newest_id(self) -> str | None:
-        """The id of the newest event ever appended since the last L{clear}."""
-        return self._newest_id
 
     def append(self, event: Event) -> None:
         """
@@ -49,7 +47,6 @@ class StreamHistory(MemoryHistory):
         if self._newest is not None and key <= self._newest:
             return
         self._newest = key
-        self._newest_id = event.id
         super().append(event)
 
     def stamp(self, event: Event) -> float:
@@ -60,4 +57,3 @@ class StreamHistory(MemoryHistory):
     def clear(self) -> None:
         super().clear()
         self._newest = None
-        self._newest_id = None

@@ -1,7 +1,8 @@
 """
 Issue 10 items 1 and 7 on real `twistd sse` processes: private channels are
-never replayed to a subscriber that may not read them (resume and catch-up),
-and the history is bounded in bytes.
+never replayed to a subscriber that may not read them (resume, catch-up and
+C{?replay=} on first connect, whose C{Last-Event-ID} response header names no
+private event either), and the history is bounded in bytes.
 """
 
 from __future__ import annotations
@@ -72,6 +73,55 @@ def test_anonymous_resume_with_a_public_id_gets_no_private_event(
         '"end"',
     ]
     for sub in (anon, granted):
+        sub.close()
+
+
+def head_cursor(sub: RawSubscriber) -> str | None:
+    """The stream response's Last-Event-ID header, if any."""
+    for line in sub.head().split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"last-event-id":
+            return value.strip().decode()
+    return None
+
+
+def test_anonymous_replay_gets_no_private_event_nor_its_id(
+    start: Callable[..., SSEServer],
+) -> None:
+    """
+    GET /events?replay=all (and ?replay=N) without a token replays the
+    public events and none of the private ones, and its Last-Event-ID header
+    is the newest public id, not the newer private one; a token that grants
+    the private channel gets both on the same path.
+    """
+    srv = start(*PRIVATE)
+    srv.publish("pub", "story", "p0")
+    srv.publish("priv-x", "story", "secret-1")
+    newest_public = srv.publish("pub", "story", "p1")["id"]
+    newest = srv.publish("priv-x", "story", "secret-2")["id"]
+    anon = RawSubscriber(srv, "/events?replay=all")
+    anon.read_until(b"\r\n\r\n")
+    srv.publish("pub", "story", "end")
+    got = read_until_data(anon, '"end"')
+    assert [e.data for e in got if e.type == "story"] == ['"p0"', '"p1"', '"end"']
+    assert head_cursor(anon) == newest_public
+    last = RawSubscriber(srv, "/events?replay=2")
+    last.read_until(b"\r\n\r\n")
+    srv.publish("pub", "story", "end2")
+    got = read_until_data(last, '"end2"')
+    assert [e.data for e in got if e.type == "story"] == ['"p1"', '"end"', '"end2"']
+    granted = RawSubscriber(srv, f"/events?replay=3&token={token(subscribe=['priv-x'])}")
+    granted.read_until(b"\r\n\r\n")
+    srv.publish("pub", "story", "end3")
+    got = read_until_data(granted, '"end3"')
+    assert [e.data for e in got if e.type == "story"] == [
+        '"secret-2"',
+        '"end"',
+        '"end2"',
+        '"end3"',
+    ]
+    assert newest != newest_public
+    for sub in (anon, last, granted):
         sub.close()
 
 

@@ -176,6 +176,7 @@ class Connection:
         last_id: str,
         mark: int,
         query: str = "",
+        replay: str = "",
     ) -> None:
         self.broker = broker
         self.last_id = last_id
@@ -186,7 +187,9 @@ class Connection:
         self.transport.protocol = self.channel  # type: ignore[attr-defined]
         self.channel.makeConnection(self.transport)
         query = "&".join(
-            [f"channel={c}" for c in sorted(channels or ())] + ([query] if query else [])
+            [f"channel={c}" for c in sorted(channels or ())]
+            + ([query] if query else [])
+            + ([f"replay={replay}"] if replay else [])
         )
         lines = [b"GET /events%s HTTP/1.1" % (b"?" + query.encode() if query else b""), b"Host: t"]
         if last_id:
@@ -198,6 +201,14 @@ class Connection:
         self.resume_known = bool(
             last_id and history is not None and history.since(last_id, None, 1) is not None
         )
+        #: With ?replay= and no Last-Event-ID: the id of the first event owed,
+        #: the oldest of the newest N the history holds on its channels now.
+        self.replay_first: str | None = None
+        if replay and not last_id and history is not None:
+            held = [e.id for e in history if channels is None or e.channel in channels]  # type: ignore[attr-defined]
+            if replay != "all":
+                held = held[len(held) - min(int(replay), len(held)) :]
+            self.replay_first = held[0] if held else None
         self.channel.dataReceived(b"\r\n".join(lines) + b"\r\n\r\n")
         #: The stream's producer, found read-only through the channel.
         http = getattr(self.channel, "_channel", self.channel)  # Site wraps its HTTPChannel
@@ -280,6 +291,8 @@ class Session:
     connections: list[Connection] = field(default_factory=list)
     #: The Last-Event-ID of its first connection (a page that carried one over).
     origin: str = ""
+    #: Its URL's ?replay= (EventSource keeps the URL on every reconnect).
+    replay: str = ""
 
     def matches(self, channel: str) -> bool:
         return self.channels is None or channel in self.channels
@@ -293,7 +306,7 @@ class Session:
     ) -> Connection:
         """Open a connection, resuming with the last id seen (as EventSource does)."""
         last = self.last_seen(ledger)
-        conn = Connection(site, broker, self.channels, last, mark, query)
+        conn = Connection(site, broker, self.channels, last, mark, query, self.replay)
         self.connections.append(conn)
         return conn
 
@@ -350,7 +363,9 @@ def check_session(
     place: by an C{sse.reset} written after it was published, or by
     C{sse.dropped} notices whose counts add up to exactly the number
     missing. A connection owes the events published while it is open, and
-    when it resumed with Last-Event-ID, every event after that id. A clean
+    when it resumed with Last-Event-ID, every event after that id, and
+    with C{?replay=N} (no Last-Event-ID), the newest N its history held on
+    its channels when it connected too. A clean
     end (the terminating chunk) is checked the same way against the events
     published before it was written; so, when the stream is idle (all read,
     not paused, still open), is the tail against all published so far.
@@ -384,6 +399,8 @@ def check_session(
                 prev = pos
             elif pos != prev:
                 raise ContractViolation(f"{where}: resumed from {conn.last_id}, not the last seen")
+        elif conn.replay_first is not None:
+            pos = ledger.index[conn.replay_first] - 1  # ?replay=: owed from its first
         else:
             pos = conn.start - 1
         start = pos

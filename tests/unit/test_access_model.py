@@ -1,13 +1,14 @@
 """
 No subscriber ever receives an event on a channel it may not read, by any
 path an event takes: live dispatch, a resume with C{Last-Event-ID}, a
-catch-up from the history after its queue overflowed, and a relay's
-deliveries.
+C{?replay=} on first connect, a catch-up from the history after its queue
+overflowed, and a relay's deliveries; nor is it told the id of such an event
+in its response's C{Last-Event-ID} header.
 
 A hypothesis state machine draws private patterns, tokens with random
 grants, subscriptions (some channels, or every channel) and interleavings of
-publishes, resumes from any id (private ones too), stalls and reads, then
-checks every byte each client received. Set C{SSE_MODEL_EXAMPLES} to search
+publishes, resumes from any id (private ones too), replays, stalls and
+reads, then checks every byte (and header) each client received. Set C{SSE_MODEL_EXAMPLES} to search
 longer.
 """
 
@@ -91,6 +92,7 @@ class AccessModel(RuleBasedStateMachine):
         super().__init__()
         self.clients: list[Client] = []
         self.ids: list[str] = []
+        self.channel_of: dict[str, str] = {}
 
     @initialize(
         private=st.sampled_from(PRIVATE_SETS),
@@ -126,6 +128,7 @@ class AccessModel(RuleBasedStateMachine):
         grant=st.none() | st.lists(st.sampled_from(GRANTS), max_size=3).map(tuple),
         resume=st.none() | st.integers(0, 1000),
         limit=st.sampled_from([60, 200, 100_000]),
+        replay=st.none() | st.sampled_from(["1", "3", "all"]),
     )
     def subscribe(
         self,
@@ -133,6 +136,7 @@ class AccessModel(RuleBasedStateMachine):
         grant: tuple[str, ...] | None,
         resume: int | None,
         limit: int,
+        replay: str | None,
     ) -> None:
         query = [b"channel=" + c.encode() for c in sorted(channels or ())]
         if grant is not None:
@@ -140,10 +144,20 @@ class AccessModel(RuleBasedStateMachine):
             query.append(b"token=" + jwt.encode(claims, SECRET, algorithm="HS256").encode())
         if resume is not None and self.ids:
             query.append(b"lastEventId=" + self.ids[resume % len(self.ids)].encode())
+        if replay is not None:
+            query.append(b"replay=" + replay.encode())
         path = b"/events" + (b"?" + b"&".join(query) if query else b"")
         conn = Conn(self.site, path, limit=limit)
         if conn.status == 200:
-            self.clients.append(Client(conn, channels, grant or ()))
+            client = Client(conn, channels, grant or ())
+            cursor = conn.header(b"last-event-id")
+            if cursor is not None:
+                channel = self.channel_of[cursor.decode()]
+                assert self.may_read(client, channel), (
+                    f"the Last-Event-ID header names an event on {channel!r} to a client of"
+                    f" {channels} with grant {client.grant} (private: {self.private})"
+                )
+            self.clients.append(client)
         else:
             assert conn.status in (401, 403), conn.status
 
@@ -159,6 +173,7 @@ class AccessModel(RuleBasedStateMachine):
                 event = result
             assert event.id is not None
             self.ids.append(event.id)
+            self.channel_of[event.id] = channel
 
     @precondition(lambda self: self.clients)
     @rule(which=st.integers(0, 1000))
