@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime as _dt
+import json
 import os
 import platform
 import resource
@@ -29,9 +30,11 @@ from .config import (
     SERVER_CPU,
     raise_nofile,
 )
+from .report import render
 from .runner import Results, report, run_all, run_profiles
 from .scenarios import SCENARIOS
 from .servers import VARIANTS, add_variant
+from .targets import add_storm_bounds, check_targets, scale_out_summary
 
 
 def parse_args(
@@ -80,6 +83,13 @@ def parse_args(
         "--max-minutes", type=float, default=45, help="start no new run after this (default 45)"
     )
     ap.add_argument("--no-setup", action="store_true", help="do not create/refresh bench/.venv")
+    ap.add_argument(
+        "--report",
+        metavar="JSON",
+        type=Path,
+        help="run nothing: print the tables of an earlier run's bench/results/<stamp>.json again "
+        "(with this harness's columns and targets)",
+    )
     ap.add_argument(
         "--variant",
         action="append",
@@ -208,8 +218,33 @@ def describe(
     }
 
 
+def report_again(path: Path) -> int:
+    """The tables of an earlier run, from its JSON, with the current columns and targets."""
+    doc = json.loads(path.read_text())
+    runs, meta = doc["runs"], doc["meta"]
+    add_storm_bounds(runs)
+    findings = [
+        ("scale-out: what Redis adds", scale_out_summary(runs, meta["scenarios"])),
+        ("targets", check_targets(runs, meta["servers"], meta["reference"])),
+    ]
+    print(
+        render(
+            runs,
+            meta["scenarios"],
+            meta["servers"],
+            meta["params"],
+            meta["reference"],
+            findings,
+            doc.get("notes", []),
+        )
+    )
+    return 0
+
+
 def main(description: str | None = None, argv: list[str] | None = None) -> int:
     ap, args = parse_args(description, argv)
+    if args.report:
+        return report_again(args.report)
     if sys.platform != "linux":
         print("this benchmark reads /proc and uses epoll: Linux only", file=sys.stderr)
         return 2

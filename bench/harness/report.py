@@ -78,6 +78,7 @@ COLUMNS: dict[str, list[Column]] = {
         ("bound_s", "bound s", ".3f"),
         ("missed_per_client", "missed/client", ".1f"),
         _DELIVERED,
+        ("publish_rate", "published/s", ".0f"),
         ("publish_max_wait_s", "publisher max wait s", ".2f"),
         ("listen_overflows", "listen overflows", ".0f"),
     ],
