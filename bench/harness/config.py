@@ -39,8 +39,8 @@ ALL_SERVERS = [
     "go-gin",
 ]
 PY_PEERS = ["starlette-h11", "starlette-uvloop", "aiohttp-sse"]
-#: storm is left out: ~5 min a round at full size with every server (the asyncio peers take
-#: 60-85 s each to reconnect 5,000 streams); `--scenarios burst,subscribe,storm` runs it.
+#: storm is left out: 2.5-5 min a round at full size with every server (the asyncio peers take
+#: up to 85 s each); `--scenarios burst,subscribe,storm` runs it.
 DEFAULT_SCENARIOS = ["idle", "burst", "paced", "slow", "channels", "subscribe"]
 # Scale-out: sse_twisted alone vs two sse_twisted nodes sharing one redis-server.
 REDIS_SCENARIOS = ["redis-burst", "redis-paced"]  # `--scenarios redis` selects both
