@@ -33,10 +33,10 @@ class IHistory(Protocol):
         """
         Up to C{limit} events published after the one with id C{last_id},
         in publish order, only those whose channel is C{in channels} (all if
-        L{None}): a subscription's channels, or the channels a subscriber of
+        C{None}): a subscription's channels, or the channels a subscriber of
         every channel may read.
 
-        @return: L{None} when C{last_id} is unknown (evicted, expired, or from
+        @return: C{None} when C{last_id} is unknown (evicted, expired, or from
             another run): the caller must tell the client it lost its place.
         """
 
@@ -92,6 +92,7 @@ class MemoryHistory:
         return len(self._ring)
 
     def append(self, event: Event) -> None:
+        """L{IHistory.append}: keep C{event}, then forget what is over the bounds."""
         assert event.id is not None, "only events with ids can be resumed from"
         self._seq += 1
         self._ring.append((self._seq, self.stamp(event) if self.ttl else 0.0, event))
@@ -132,6 +133,7 @@ class MemoryHistory:
     def since(
         self, last_id: str, channels: Container[str] | None, limit: int
     ) -> list[Event] | None:
+        """L{IHistory.since}, from the ring (expired events forgotten first)."""
         self._expire()
         seq = self._by_id.get(last_id)
         if seq is None:

@@ -31,9 +31,11 @@ class BrokerCollector:
         self.publish_statuses = publish_statuses if publish_statuses is not None else {}
 
     def describe(self) -> list[Any]:
+        """Nothing: the registry learns the names by collecting once."""
         return []
 
     def collect(self) -> Iterator[Any]:
+        """The metrics, read from the broker's counters at scrape time."""
         b = self.broker.stats
         broker = self.broker
         yield GaugeMetricFamily(
