@@ -39,7 +39,7 @@ class HTTPGetter(typing.Protocol):
     """
 
     def get(self, url: str, /, *, headers: Headers, unbuffered: bool = ...) -> Deferred[Any]:
-        """Issue a GET; fire with an L{IResponse}."""
+        """Issue a GET; fire with an C{IResponse}."""
 
 
 def stream_url(url: str, channels: Sequence[str]) -> str:

@@ -2,7 +2,7 @@
 The values of C{twistd sse}'s options, checked while twistd parses them:
 coercers for the numeric options (their C{coerceDoc} is the C{--help} text)
 and the checks that turn a value that could never work into a one-line
-L{usage.UsageError} rather than a traceback, or a silent refusal, at start.
+C{usage.UsageError} rather than a traceback, or a silent refusal, at start.
 """
 
 from __future__ import annotations
@@ -93,7 +93,7 @@ def check_endpoint_in(description: str, twistd: Mapping[str, Any] | None) -> Non
     effect. Under C{--chroot} its paths are not ours to see.
 
     @param twistd: twistd's own options (the subcommand's C{parent}), or
-        L{None} when the options are parsed outside twistd.
+        C{None} when the options are parsed outside twistd.
     """
     if twistd is not None and twistd.get("chroot"):
         return

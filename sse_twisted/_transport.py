@@ -80,7 +80,7 @@ def chunk_writer(request: Request) -> Any:
     """
     The transport to hand C{request}'s pre-built chunks to, once its headers
     are out: a plain HTTP/1.1 chunked response on a connection of its own.
-    L{None} for anything else (HTTP/2, HTTP/1.0, a test double without a
+    C{None} for anything else (HTTP/2, HTTP/1.0, a test double without a
     transport), which then goes through C{request.write}.
     """
     channel = getattr(request, "channel", None)
@@ -137,7 +137,7 @@ def _kernel_unsent(sock: Any) -> int:
 def pending_bytes(transport: Any) -> int | None:
     """
     Bytes written to C{transport} that the peer has not taken yet (Twisted's
-    buffer plus the kernel's send queue), or L{None} where that cannot be
+    buffer plus the kernel's send queue), or C{None} where that cannot be
     known (TLS, HTTP/2, test transports, or a Twisted the probe refused).
 
     Lets a stalled stream be told from a slow one: while a stream is paused

@@ -20,7 +20,7 @@ class AllChannels:
 
     @param private: which channels are private (e.g. L{JWTAuth.is_private}).
     @param allows: which private channels the subscriber's grant covers;
-        L{None}: none.
+        C{None}: none.
     """
 
     __slots__ = ("_allows", "_cache", "_private")

@@ -133,7 +133,7 @@ class _Router(Resource):
         """
         How many body bytes a request may send, from its method, path and
         headers (for L{sse_twisted.site.SSESite}, before any body byte is
-        read; C{length} is the announced one, L{None} for chunked): the
+        read; C{length} is the announced one, C{None} for chunked): the
         publish resource decides for its path; every other path, and an
         unknown one, takes no body.
 

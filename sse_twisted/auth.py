@@ -50,9 +50,11 @@ class Grant:
     subject: str | None = None
 
     def may_subscribe(self, channel: str) -> bool:
+        """Whether the grant's C{subscribe} patterns allow C{channel}."""
         return any(fnmatchcase(channel, p) for p in self.subscribe)
 
     def may_publish(self, channel: str) -> bool:
+        """Whether the grant's C{publish} patterns allow C{channel}."""
         return any(fnmatchcase(channel, p) for p in self.publish)
 
 
@@ -192,7 +194,7 @@ class PublishAuth:
 
     def check(self, request: Request) -> tuple[Grant | None, str]:
         """
-        @return: the JWT's grant when one was used, else L{None}; and the
+        @return: the JWT's grant when one was used, else C{None}; and the
             verified identity that a rate limit counts against: never
             anything the client can vary at will without a valid secret.
         @raise HTTPError: 401 or 403.
@@ -259,6 +261,10 @@ def is_loopback_host(host: bytes | None) -> bool:
 
 
 def is_loopback(address: object) -> bool:
+    """
+    Whether a peer C{address} is this machine: a loopback IP, or a UNIX
+    socket (which no remote peer, and no browser, can reach).
+    """
     if isinstance(address, UNIXAddress):
         return True
     if isinstance(address, (IPv4Address, IPv6Address)):

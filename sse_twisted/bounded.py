@@ -52,7 +52,7 @@ class BoundedRequest(Request):
     are read as twisted.web reads them.
     """
 
-    #: Body bytes this request may send; L{None}: not decided.
+    #: Body bytes this request may send; C{None}: not decided.
     body_limit: int | None = None
     _received = 0
     _refused = False
@@ -223,6 +223,10 @@ class BoundedChannel(HTTPChannel):
         transport.loseConnection()
 
     def allHeadersReceived(self) -> None:
+        """
+        Judge the request on its headers (L{BoundedSite.admit}) before any
+        body byte is read: refuse it at once, or bound the body it may send.
+        """
         self._inBody = True
         request = self.requests[-1]
         site = self.bounded_site
@@ -237,6 +241,7 @@ class BoundedChannel(HTTPChannel):
         super().allHeadersReceived()
 
     def allContentReceived(self) -> None:
+        """The whole request is in: its deadline is off (unless refused and closing)."""
         if self._closing:
             return
         self._disarmDeadline()
@@ -449,9 +454,9 @@ class BoundedSite(Site):
         """
         Judge C{request} on its head: ask the root resource's C{check_head}
         (method, path) how many body bytes it may send, and compare with what
-        its headers announce (C{length}; L{None} for a chunked body).
+        its headers announce (C{length}; C{None} for a chunked body).
 
-        @return: the refusal to answer with, or L{None} to read the body
+        @return: the refusal to answer with, or C{None} to read the body
             (up to the limit, which is left on the request).
         """
         check = getattr(self.resource, "check_head", None)

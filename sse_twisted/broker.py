@@ -4,7 +4,7 @@ heartbeats, and how streams end (drain, token expiry, stalled sockets).
 
 The broker knows twisted.web requests but nothing of routing or of HTTP
 framing: resources hand it requests, anything in the process hands it
-events, and L{sse_twisted.subscriber.deliver} writes them. Publishing frames
+events, and L{sse_twisted.index.deliver} writes them. Publishing frames
 an event once and writes the same bytes to each matching subscriber, found
 through an index from channel to subscribers (plus the subscribers of every
 channel), so it never walks subscribers that do not match.
@@ -75,10 +75,10 @@ class SSEBroker(Publishing, Service):
     @param heartbeat: seconds between heartbeat comments; C{0} turns them off.
     @param retry: the reconnection delay (ms) sent as each stream opens.
     @param reactor: an C{IReactorTime} (and C{IReactorThreads} for
-        L{publish_threadsafe}); the global reactor when L{None}.
-    @param id_prefix: the per-run part of generated ids; random when L{None}.
+        L{publish_threadsafe<Publishing.publish_threadsafe>}); the global reactor when C{None}.
+    @param id_prefix: the per-run part of generated ids; random when C{None}.
     @param history: how many recent events to keep for resuming subscribers
-        (C{0} or L{None}: none), or an L{IHistory} to keep them in. With a
+        (C{0} or C{None}: none), or an L{IHistory} to keep them in. With a
         relay, the relay's history is used.
     @param history_ttl: seconds after which the in-memory history forgets an
         event (C{0}: never).
@@ -188,6 +188,7 @@ class SSEBroker(Publishing, Service):
 
     @property
     def reactor(self) -> Any:
+        """The reactor given to the constructor, or the global one (resolved late)."""
         return default_reactor(self._reactor)
 
     @property
@@ -234,7 +235,7 @@ class SSEBroker(Publishing, Service):
         """
         Turn C{request} into an event stream and hold it open.
 
-        @param channels: the channels to receive; L{None} or empty for all.
+        @param channels: the channels to receive; C{None} or empty for all.
             Whoever calls this has authorised them.
         @param last_event_id: resume after this id: the events after it (on
             these channels) are replayed from the history, then the live

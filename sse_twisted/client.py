@@ -17,7 +17,7 @@ Intentional divergences from the browser, and why:
   - I{HTTP 204 is a clean stop.} The spec "fails the connection" on any
     status but 200, firing C{error}; its authoring notes tell servers to use
     204 to stop a client reconnecting. Here a 204 closes the source without
-    calling C{on_error}, and L{EventSource.when_closed} fires with L{None}
+    calling C{on_error}, and L{EventSource.when_closed} fires with C{None}
     rather than failing.
   - I{Backoff.} The spec allows extra waiting after failed attempts; this
     client doubles the delay after each consecutive attempt that fails before
@@ -64,7 +64,9 @@ __all__ = [
 
 #: L{EventSource.ready_state} values, as the browser's C{readyState}.
 CONNECTING = 0
+#: Connected: events arrive.
 OPEN = 1
+#: Closed for good: by L{EventSource.close}, an HTTP 204, or a fatal refusal.
 CLOSED = 2
 
 
@@ -74,7 +76,7 @@ class EventSourceError(Exception):
     response that is not C{text/event-stream}.
 
     @ivar code: the HTTP status code of the response.
-    @ivar content_type: its C{Content-Type}, or L{None} if it had none.
+    @ivar content_type: its C{Content-Type}, or C{None} if it had none.
     """
 
     def __init__(self, message: str, code: int, content_type: str | None) -> None:
@@ -84,7 +86,7 @@ class EventSourceError(Exception):
 
 
 def _refusal(url: str, response: IResponse) -> EventSourceError | None:
-    """Why C{response} (not a 204) opens no stream, or L{None} when it opens one."""
+    """Why C{response} (not a 204) opens no stream, or C{None} when it opens one."""
     code = response.code
     types = response.headers.getRawHeaders("content-type")
     content_type = types[0] if types else None
@@ -104,7 +106,7 @@ class EventSource:
     @ivar url: the URL requested, with the channels in its query.
     @ivar ready_state: L{CONNECTING}, L{OPEN} or L{CLOSED}.
     @ivar failure: why the source closed, when it failed for good; else
-        L{None}.
+        C{None}.
     """
 
     log = Logger()
@@ -135,7 +137,7 @@ class EventSource:
             on the first request too).
         @param on_event: called with each L{MessageEvent}.
         @param on_open: called each time a stream opens.
-        @param on_error: called with a L{Failure} each time the connection is
+        @param on_error: called with a C{Failure} each time the connection is
             lost or an attempt fails (C{ready_state} is then L{CONNECTING} and a
             reconnection is scheduled), and when the source fails for good
             (C{ready_state} L{CLOSED}, the failure wraps L{EventSourceError}).
@@ -207,7 +209,7 @@ class EventSource:
         Stop for good: cancel a pending reconnection or request, abort the
         stream, end async iteration.
 
-        @return: a L{Deferred} that fires once the stream's connection is
+        @return: a C{Deferred} that fires once the stream's connection is
             gone (at once when there is none).
         """
         self._set_closed()
@@ -219,7 +221,7 @@ class EventSource:
 
     def when_closed(self) -> Deferred[None]:
         """
-        A L{Deferred} that fires with L{None} when the source is closed by
+        A C{Deferred} that fires with C{None} when the source is closed by
         L{close} or an HTTP 204, or fails with L{failure} when it fails for
         good.
         """

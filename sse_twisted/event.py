@@ -174,7 +174,7 @@ class InvalidItem(ValueError):
 
     def __init__(self, message: str, index: int | None = None) -> None:
         super().__init__(message)
-        #: The item's position in its batch, or L{None} for a single item.
+        #: The item's position in its batch, or C{None} for a single item.
         self.index = index
 
 
@@ -221,7 +221,7 @@ class Item:
             C{text} is given.
         @param text: a str sent verbatim instead of JSON (plain text, HTML
             fragments for htmx, or a payload encoded before).
-        @param id: the event's id; L{None} lets the broker (or relay) choose.
+        @param id: the event's id; C{None} lets the broker (or relay) choose.
         @param retry: the reconnection delay in milliseconds for EventSource.
         @param idempotency_key: a repeat of this key within the broker's
             idempotency window is not published again (1 to
@@ -319,7 +319,7 @@ class Item:
     def framed(self, id: str | None = None) -> Event:
         """
         The event, framed once with C{id} (the item's own id when it has
-        one; L{None} leaves the block without an id).
+        one; C{None} leaves the block without an id).
         """
         if self.id is not None:
             id = self.id

@@ -31,10 +31,10 @@ class IHistory(Protocol):
         """
         Up to C{limit} events published after the one with id C{last_id},
         in publish order, only those whose channel is C{in channels} (all if
-        L{None}): a subscription's channels, or the channels a subscriber of
+        C{None}): a subscription's channels, or the channels a subscriber of
         every channel may read.
 
-        @return: L{None} when C{last_id} is unknown (evicted, expired, or from
+        @return: C{None} when C{last_id} is unknown (evicted, expired, or from
             another run): the caller must tell the client it lost its place.
         """
 
@@ -122,6 +122,7 @@ class MemoryHistory:
         return len(self._events) - self._head
 
     def append(self, event: Event) -> None:
+        """L{IHistory.append}: keep C{event}, then forget what is over the bounds."""
         assert event.id is not None, "only events with ids can be resumed from"
         self._seq += 1
         seq = self._seq
@@ -184,6 +185,7 @@ class MemoryHistory:
     def since(
         self, last_id: str, channels: Container[str] | None, limit: int
     ) -> list[Event] | None:
+        """L{IHistory.since}, from the ring (expired events forgotten first)."""
         self._expire()
         seq = self._by_id.get(last_id)
         if seq is None:

@@ -72,6 +72,7 @@ class SubscriberIndex:
         return iter(list(self.subscribers))
 
     def add(self, sub: Subscriber) -> None:
+        """Index C{sub} under each of its channels, or with the every-channel ones."""
         self.subscribers.add(sub)
         if sub.channels is None:
             (self.everything if sub.readable is None else self.checked).add(sub)
@@ -111,7 +112,7 @@ class SubscriberIndex:
         """
         Hand C{event} to every subscriber that receives its channel.
 
-        @return: how many it went to (see L{sse_twisted.subscriber.deliver}).
+        @return: how many it went to (see L{sse_twisted.index.deliver}).
         """
         channel = event.channel
         groups: list[Collection[Subscriber] | None] = [

@@ -44,7 +44,7 @@ class SubscriberLimits:
         return bool(self.max_clients or self.max_per_ip or self.max_channels)
 
     def refusal(self, request: Request) -> str | None:
-        """Why C{request} may not subscribe now, or L{None} if it may."""
+        """Why C{request} may not subscribe now, or C{None} if it may."""
         if self.max_clients and self.open >= self.max_clients:
             return f"server full: {self.max_clients} clients (--max-clients)"
         if self.max_per_ip and self._per_ip.get(peer_key(request), 0) >= self.max_per_ip:

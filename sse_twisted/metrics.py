@@ -58,9 +58,11 @@ class BrokerCollector:
         self.publish_durations = publish_durations
 
     def describe(self) -> list[Any]:
+        """Nothing: the registry learns the names by collecting once."""
         return []
 
     def collect(self) -> Iterator[Any]:
+        """The metrics, read from the broker's counters at scrape time."""
         b = self.broker.stats
         broker = self.broker
         build = GaugeMetricFamily(

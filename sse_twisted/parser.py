@@ -60,7 +60,7 @@ class EventStreamParser:
     Turn event-stream bytes into L{MessageEvent}s, incrementally.
 
     @ivar retry: the last valid C{retry:} value seen, in milliseconds, or
-        L{None} if there has been none.
+        C{None} if there has been none.
     """
 
     def __init__(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 __all__ = ["DEFAULT_SSE_PATH", "normalise_path"]
 
+#: Where the stream is served unless told otherwise.
 DEFAULT_SSE_PATH = "/events"
 
 

@@ -42,7 +42,7 @@ class PublishResource(Resource):
     POST publishes one event (a JSON object) or a batch (a JSON list).
 
     @param token: when set, every request needs C{Authorization: Bearer
-        <token>}; when L{None}, only loopback peers that name a loopback
+        <token>}; when C{None}, only loopback peers that name a loopback
         C{Host} may publish (see L{PublishAuth}).
     @param max_body: largest body accepted, in bytes.
     @param auth: also accept JWTs whose C{publish} patterns cover every
@@ -95,7 +95,7 @@ class PublishResource(Resource):
         POST).
 
         A POST is authorised, rate limited, and its Content-Type and
-        announced C{length} (L{None}: chunked) checked here; L{render} then
+        announced C{length} (C{None}: chunked) checked here; L{render} then
         takes the outcome from the request instead of checking again.
 
         @raise HTTPError: the request is refused; its body is never read.

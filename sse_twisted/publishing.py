@@ -50,9 +50,14 @@ class Publishing:
 
     @property
     def reactor(self) -> Any:
+        """The reactor L{publish_threadsafe} hands items to (the broker's)."""
         raise NotImplementedError
 
     def publish_items(self, items: Sequence[Item]) -> list[Published] | Deferred[list[Published]]:
+        """
+        Publish validated C{items}, all or none: the one path every other
+        form takes (the broker implements it; a C{Deferred} with a relay).
+        """
         raise NotImplementedError
 
     @takes_item_args
@@ -105,7 +110,7 @@ class Publishing:
     def publish_threadsafe(self, item: Item) -> Future[Event]:
         """
         L{publish} from any thread (same arguments); returns a
-        L{concurrent.futures.Future} of the event.
+        C{concurrent.futures.Future} of the event.
 
         Validation and JSON encoding run in the calling thread (so bad data
         raises there, at once, and the reactor thread only frames and

@@ -47,9 +47,13 @@ class IRelay(Protocol):
     #: Called with the last id before events that were lost, and why.
     on_gap: Callable[[str, str], object] | None
 
-    def start(self) -> None: ...
+    def start(self) -> None:
+        """Begin connecting and reading (the broker calls it as it starts)."""
+        ...
 
-    def stop(self) -> Deferred[None]: ...
+    def stop(self) -> Deferred[None]:
+        """Stop reading and close; fire once closed (after the broker drained)."""
+        ...
 
     def publish(self, items: Sequence[Item]) -> Deferred[list[str]]:
         """

@@ -213,6 +213,7 @@ class ReadResource(Resource):
         return self.read(request)
 
     def read(self, request: Request) -> bytes:
+        """The body for a GET (or HEAD) of C{request}; set its headers and status."""
         raise NotImplementedError
 
 

@@ -135,7 +135,7 @@ class ListeningService(StreamServerEndpointService):
     Listens on the endpoint C{description}.
 
     The port is bound in C{privilegedStartService}, as Twisted's own
-    L{StreamServerEndpointService} (which this builds on) does: twistd calls it
+    C{StreamServerEndpointService} (which this builds on) does: twistd calls it
     before it drops privileges (C{--uid}), so a port below 1024 works, and a
     port that cannot be had raises L{CannotListen} there and then, which ends
     C{twistd} with status 1 instead of leaving a server that listens nowhere.
@@ -163,7 +163,7 @@ class ListeningService(StreamServerEndpointService):
         """
         Bind now; if that fails, log one line and raise L{CannotListen}.
 
-        As L{StreamServerEndpointService.privilegedStartService} with
+        As C{StreamServerEndpointService.privilegedStartService} with
         C{_raiseSynchronously}, except that the failure is one line rather than
         a traceback. An endpoint whose C{listen} fails only later (one that
         waits on something) is logged the same way and stops the reactor.

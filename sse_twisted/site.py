@@ -57,7 +57,7 @@ class SSESite(BoundedSite):
     """
     A Site for the standalone server: C{header_timeout} seconds for a client
     to send a whole request, headers and body (0: no limit); bodies judged
-    on their headers (L{admit}); HTTP/2 negotiation as usual.
+    on their headers (L{BoundedSite.admit}); HTTP/2 negotiation as usual.
 
     It never parses form bodies (the API is JSON; twisted.web would parse each
     POST's Content-Type with the C{email} package, a sixth of a publish's

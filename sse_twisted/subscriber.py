@@ -28,7 +28,9 @@ from .stats import Stats
 
 __all__ = ["OVERFLOW_POLICIES", "Overflow", "Subscriber"]
 
+#: What a full queue does: drop the event, disconnect, or catch up from the history.
 Overflow = Literal["drop", "disconnect", "catchup"]
+#: Every L{Overflow} policy (what C{--overflow} accepts).
 OVERFLOW_POLICIES: tuple[Overflow, ...] = ("drop", "disconnect", "catchup")
 
 #: Events fetched from the history per step while catching up.
@@ -56,7 +58,7 @@ class Subscriber:
     its index): once a stream is ending it is sent nothing more.
 
     @param readable: what it may read: its channels, or (a subscriber of
-        every channel) an L{sse_twisted.access.AllChannels}; L{None}:
+        every channel) an L{sse_twisted.access.AllChannels}; C{None}:
         everything.
     @param stats: the broker's counters, which it counts into.
     @param on_end: called once, when the stream starts to end.
@@ -99,7 +101,7 @@ class Subscriber:
         readable: Container[str] | None = None,
     ) -> None:
         self.request = request
-        #: The channels this subscriber receives, or L{None} for all of them.
+        #: The channels this subscriber receives, or C{None} for all of them.
         self.channels = channels
         self.readable: Container[str] | None = channels if readable is None else readable
         self.queue_size = queue_size

@@ -24,7 +24,7 @@ writes debug lines too) and are counted instead (L{RedisBus.connect_attempts},
 L{RedisBus.outages}, read by the metrics). A Redis that hangs is noticed by
 a C{PING} every L{RedisBus.ping_interval} seconds on the publishing
 connection, answered within C{command_timeout} or the connection is given up.
-While Redis is away C{ready} is L{False} and L{RedisBus.publish} errbacks
+While Redis is away C{ready} is C{False} and L{RedisBus.publish} errbacks
 with L{RedisUnavailable}: an event is reported published only once Redis has
 stored it. On reconnect the reader continues from the last stream id it
 delivered, so events that reached Redis meanwhile are delivered.

@@ -59,7 +59,7 @@ class RedisBus:
         with C{MINID ~} on each publish) and the mirror; C{0}: never.
     @param stream: the stream's key, shared by every node.
     @param reactor: the reactor (or, with C{endpoint}, an C{IReactorTime});
-        the global one when L{None}.
+        the global one when C{None}.
     @param max_backoff: the longest wait, in seconds, between connection
         attempts.
     @param command_timeout: seconds to wait for a connection or a reply

@@ -26,7 +26,7 @@ class StreamHistory(MemoryHistory):
     @param size: entries kept (the stream's C{MAXLEN}).
     @param ttl: seconds; C{0} keeps entries until pushed out.
     @param reactor: an C{IReactorTime} for the TTL; the global reactor when
-        L{None}.
+        C{None}.
     """
 
     def __init__(self, size: int = 1000, ttl: float = 0, reactor: Any = None) -> None:

@@ -56,7 +56,7 @@ def describe(error: BaseException) -> str:
 
 
 def info_field(info: object, name: str) -> str | None:
-    """One field of an C{INFO} reply (C{name:value} lines); L{None} if absent."""
+    """One field of an C{INFO} reply (C{name:value} lines); C{None} if absent."""
     if not isinstance(info, str):
         return None
     for line in info.splitlines():
@@ -278,7 +278,7 @@ class Connections:
         port; by default L{endpoint_for} C{address}, made at the first
         connection.
     @param reactor: an C{IReactorTime} (and, without C{endpoint}, a
-        reactor); the global one when L{None}.
+        reactor); the global one when C{None}.
     @param on_give_up: told why, when a link got no reply in time and was
         given up for it (see L{Link}).
     @ivar where: how this Redis is named in errors and logs (never with a

@@ -35,12 +35,12 @@ class Gap(NamedTuple):
 
 
 def _entries(reply: Any) -> list[Any]:
-    """The entries of an C{XREAD} reply (L{None} when there were none)."""
+    """The entries of an C{XREAD} reply (C{None} when there were none)."""
     return [entry for _key, found in reply or () for entry in found]
 
 
 def _stream_info(reply: Any) -> dict[str, Any] | None:
-    """C{XINFO STREAM}'s fields as a dict; L{None} when the stream does not exist."""
+    """C{XINFO STREAM}'s fields as a dict; C{None} when the stream does not exist."""
     if not isinstance(reply, list):
         return None
     return dict(zip(reply[::2], reply[1::2], strict=False))
@@ -56,11 +56,11 @@ class StreamReader:
     around a delivery (stopping, errors of the callback) stays the bus's.
 
     @ivar cursor: the id of the last entry taken (or preloaded): where
-        reading continues. L{None} until L{rebuild} decides it.
+        reading continues. C{None} until L{rebuild} decides it.
     @ivar added: entries the stream had taken up to and including the
-        cursor (C{XINFO}'s C{entries-added}, Redis 7+), L{None} when
+        cursor (C{XINFO}'s C{entries-added}, Redis 7+), C{None} when
         unknown: tells a trim that removed only read entries from one that
-        removed unread ones. Set it to L{None} when Redis restarted: its
+        removed unread ones. Set it to C{None} when Redis restarted: its
         count may not be the one this node followed.
     """
 
@@ -112,7 +112,7 @@ class StreamReader:
     def take(self, entry_id: str, fields: Any) -> Event | None:
         """
         Move the cursor past entry C{entry_id} and mirror its event; the
-        event, or L{None} for an entry that is not one (logged, skipped).
+        event, or C{None} for an entry that is not one (logged, skipped).
         """
         self.cursor = entry_id
         if self.added is not None:
