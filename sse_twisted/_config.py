@@ -93,7 +93,7 @@ def config_arguments(
 ) -> dict[str, list[str | None]]:
     """
     Each key of C{table} as the command line would give it: the list of its
-    arguments (strings; L{None} for a flag that is set; an empty list for a
+    arguments (strings; C{None} for a flag that is set; an empty list for a
     flag set to C{false} and an empty array).
 
     @param kinds: the option names a config file may set, and their kinds.

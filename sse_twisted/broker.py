@@ -95,7 +95,7 @@ class SSEBroker(Publishing, Service):
         expired) has to take its last bytes before it is aborted.
     @param drain_timeout: seconds L{stopService} lets streams finish.
     @param idempotency: seconds a publish's idempotency key is remembered
-        in memory (C{0} or L{None}: keys are refused), or an
+        in memory (C{0} or C{None}: keys are refused), or an
         L{sse_twisted.idempotency.IIdempotency} to keep them in (in Redis
         to share them between nodes).
     """

@@ -226,9 +226,9 @@ class SQLiteHistory(MemoryHistory):
     @param size: events kept (C{--history}).
     @param ttl: seconds after publishing an event is forgotten (0: never).
     @param reactor: an C{IReactorTime} (and C{IReactorThreads} for the
-        writer thread); the global reactor when L{None}.
+        writer thread); the global reactor when C{None}.
     @param max_bytes: the most bytes of frames kept (0: no byte bound).
-    @param open: open the file now (L{False}: when L{open} is called).
+    @param open: open the file now (C{False}: when L{open} is called).
     @param runner: runs a job in the writer thread and answers in the
         reactor thread (for tests); a daemon thread of its own by default.
     """

@@ -40,15 +40,15 @@ class IHistory(Protocol):
 
     def latest(self, channels: Container[str] | None, limit: int | None) -> list[Event]:
         """
-        The newest C{limit} events held (all of them if L{None}) whose
-        channel is C{in channels} (all if L{None}), in publish order: what
+        The newest C{limit} events held (all of them if C{None}) whose
+        channel is C{in channels} (all if C{None}), in publish order: what
         C{?replay=} sends, and (with C{limit=1}) the cursor a new stream is
         told in its C{Last-Event-ID} response header.
         """
 
     @property
     def newest_id(self) -> str | None:
-        """The id of the newest event held, or L{None} when none is."""
+        """The id of the newest event held, or C{None} when none is."""
 
     def __len__(self) -> int:
         """How many events are held."""
@@ -205,6 +205,7 @@ class MemoryHistory:
         return out
 
     def latest(self, channels: Container[str] | None, limit: int | None) -> list[Event]:
+        """The newest C{limit} events held on C{channels}, oldest first (L{IHistory.latest})."""
         self._expire()
         events = self._events
         head = self._head
@@ -259,7 +260,7 @@ class MemoryHistory:
 
     @property
     def newest_id(self) -> str | None:
-        """The id of the newest event held (the TTL applied), or L{None}."""
+        """The id of the newest event held (the TTL applied), or C{None}."""
         self._expire()
         if len(self._events) == self._head:
             return None

@@ -99,6 +99,7 @@ PENDING_WAIT = 5.0
 #: The SQLite table of L{SQLiteIdempotency}.
 TABLE = "sse_idempotency"
 
+#: Where refusals at the key bound are logged.
 log = Logger()
 
 
@@ -107,7 +108,7 @@ class IdempotencyError(Exception):
     A keyed publish refused as a whole: nothing was published.
 
     @ivar status: the HTTP status that says it.
-    @ivar index: the item whose key is at fault (L{None}: not one item's).
+    @ivar index: the item whose key is at fault (C{None}: not one item's).
     @ivar retry_after: seconds after which trying again may succeed.
     """
 
@@ -146,8 +147,11 @@ class Claim:
     id: str | None = None
 
 
+#: The key is new: publish, then record the answer.
 NEW = Claim("new")
+#: The key was used with another body: refuse (409).
 CONFLICT = Claim("conflict")
+#: The key's first publish is still being stored: wait, then ask again.
 PENDING = Claim("pending")
 
 
@@ -209,7 +213,7 @@ class MemoryIdempotency:
     refused (L{TooManyKeys}, 503 with C{Retry-After}: when the oldest key
     expires) rather than an older key forgotten early. One process only.
 
-    @param reactor: an C{IReactorTime} (the global reactor if L{None}).
+    @param reactor: an C{IReactorTime} (the global reactor if C{None}).
     """
 
     def __init__(
@@ -245,6 +249,7 @@ class MemoryIdempotency:
             del entries[key]
 
     def claim(self, keys: Sequence[tuple[str, str]]) -> Deferred[list[Claim]]:
+        """Claim C{keys} (key, fingerprint); see L{IIdempotency.claim}."""
         now = self._now()
         self._expire(now)
         entries = self._entries
@@ -281,6 +286,7 @@ class MemoryIdempotency:
         return PENDING if entry.id is None else Claim("duplicate", entry.id)
 
     def record(self, answers: Sequence[tuple[str, str, str]]) -> Deferred[None]:
+        """Record the ids the claimed keys were answered with; see L{IIdempotency.record}."""
         self._remember(answers)
         return succeed(None)
 
@@ -298,6 +304,7 @@ class MemoryIdempotency:
         return rows
 
     def release(self, keys: Sequence[str]) -> None:
+        """Forget claims whose publish failed; see L{IIdempotency.release}."""
         for key in keys:
             entry = self._entries.get(key)
             if entry is not None and entry.id is None:
@@ -370,6 +377,7 @@ class SQLiteIdempotency(MemoryIdempotency):
             self._entries[key] = _Entry(fp, event_id, expires)
 
     def record(self, answers: Sequence[tuple[str, str, str]]) -> Deferred[None]:
+        """Record the ids the claimed keys were answered with; see L{IIdempotency.record}."""
         done: Deferred[None] = Deferred()
         self._queue.append((self._remember(answers), done))
         if not self._busy:
@@ -445,6 +453,7 @@ class RedisIdempotency:
         self._ms = max(1, math.ceil(window * 1000))
 
     def claim(self, keys: Sequence[tuple[str, str]]) -> Deferred[list[Claim]]:
+        """Claim C{keys} (key, fingerprint); see L{IIdempotency.claim}."""
         commands: list[list[Any]] = []
         for key, fp in keys:
             name = self.prefix + key
@@ -471,6 +480,7 @@ class RedisIdempotency:
         return self.relay.transaction(commands).addCallback(judge)
 
     def record(self, answers: Sequence[tuple[str, str, str]]) -> Deferred[None]:
+        """Record the ids the claimed keys were answered with; see L{IIdempotency.record}."""
         commands = [
             ["SET", self.prefix + key, f"d {fp} {event_id}", "PX", self._ms]
             for key, fp, event_id in answers
@@ -478,6 +488,7 @@ class RedisIdempotency:
         return self.relay.transaction(commands).addCallback(lambda _: None)
 
     def release(self, keys: Sequence[str]) -> None:
+        """Forget claims whose publish failed; see L{IIdempotency.release}."""
         if not keys:
             return
 
@@ -506,7 +517,7 @@ def publish_once(
     @param publish: the broker's publish path, given the items to publish,
         their keys taken off.
     @param clock: an C{IReactorTime}, for waiting on a pending key.
-    @raise InvalidItem: at once, when keys are off (C{store} is L{None}) or a
+    @raise InvalidItem: at once, when keys are off (C{store} is C{None}) or a
         key repeats within the batch; nothing is published.
     @return: one L{Published} per item, in order; a repeat's is marked
         C{duplicate}, with the first id and C{clients} 0. It fails with an

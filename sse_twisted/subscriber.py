@@ -231,7 +231,7 @@ class Subscriber:
         """
         Once the response head and opening are written: take the fast path
         where the response allows it, and resume after C{last_event_id}, or
-        else replay the newest C{replay} events it may read (L{None}: all
+        else replay the newest C{replay} events it may read (C{None}: all
         the history holds; C{0}: none).
         """
         self._chunk_writer = _transport.chunk_writer(self.request)

@@ -47,6 +47,7 @@ from .subscriber import OVERFLOW_POLICIES
 
 __all__ = ["Options", "makeService"]
 
+#: The plugin's own log (warnings about options, at start).
 log = Logger()
 
 #: The secrets: each option, the option naming a file that holds it, and the
@@ -674,6 +675,7 @@ class OpenHistory(Service):
         self.keys = keys
 
     def privilegedStartService(self) -> None:
+        """Open the history's file (and the idempotency keys in it), or end the start."""
         super().privilegedStartService()
         try:
             self.history.open()

@@ -19,7 +19,7 @@ class StreamHistory(MemoryHistory):
     Entries are held in stream order; appending an event whose id is not newer
     than the newest held is a no-op, so the reader and the broker's own
     C{dispatch} may both append the same event. With C{ttl}, an entry is
-    forgotten C{ttl} seconds after the time in its stream id. L{newest_id}
+    forgotten C{ttl} seconds after the time in its stream id. C{newest_id}
     (inherited) is the newest entry held, as for any history: one that the
     TTL took is no longer a cursor to resume from.
 
