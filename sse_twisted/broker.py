@@ -231,6 +231,7 @@ class SSEBroker(Publishing, Service):
         readable: Container[str] | None = None,
         expires: float | None = None,
         replay: int | Literal["all"] = 0,
+        user: str | None = None,
     ) -> int:
         """
         Turn C{request} into an event stream and hold it open.
@@ -248,6 +249,7 @@ class SSEBroker(Publishing, Service):
         @param expires: when (the reactor's seconds) the stream's authority
             ends: it then leaves the index at once and ends (cleanly with
             what it was owed before, else aborted so it resumes elsewhere).
+        @param user: who holds the stream (a JWT's C{sub}), for presence and hooks.
         @param replay: without C{last_event_id} (which takes precedence),
             first send the newest C{replay} events the history holds on
             these channels (C{"all"}: every one; C{0}: none), then the live
@@ -273,6 +275,7 @@ class SSEBroker(Publishing, Service):
             stats=self.stats,
             on_end=self._end_hook,
             readable=readable if wanted is None else None,
+            user=user,
         )
         self._add(sub)
         request.registerProducer(sub, True)

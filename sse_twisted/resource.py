@@ -175,6 +175,7 @@ class StreamResource(Resource):
             readable=readable,
             expires=grant.expires if grant is not None else None,
             replay=replay,
+            user=grant.subject if grant is not None else None,
         )
         if limits is not None and not request.finished:
             limits.track(request)

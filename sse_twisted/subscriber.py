@@ -62,6 +62,7 @@ class Subscriber:
         everything.
     @param stats: the broker's counters, which it counts into.
     @param on_end: called once, when the stream starts to end.
+    @param user: who holds the stream (a JWT's C{sub}), if known.
     """
 
     log = Logger()
@@ -86,6 +87,7 @@ class Subscriber:
         "readable",
         "request",
         "transport",
+        "user",
     )
 
     def __init__(
@@ -99,8 +101,11 @@ class Subscriber:
         stats: Stats,
         on_end: Callable[[Subscriber], object],
         readable: Container[str] | None = None,
+        user: str | None = None,
     ) -> None:
         self.request = request
+        #: Who holds the stream (a JWT's C{sub}), if known.
+        self.user = user
         #: The channels this subscriber receives, or C{None} for all of them.
         self.channels = channels
         self.readable: Container[str] | None = channels if readable is None else readable

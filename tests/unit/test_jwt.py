@@ -125,3 +125,14 @@ def test_jwt_public_key_rs256(clock: Clock) -> None:
     assert a.verify(good).may_subscribe("p")
     _, site = serve(clock, auth=a)
     assert Conn(site, b"/events?channel=p&token=" + good.encode()).status == 200
+
+
+def test_a_stream_knows_its_tokens_subject(clock: Clock) -> None:
+    """A stream opened with a token carries its C{sub} claim as its user; anonymous, none."""
+    broker, site = serve(clock, auth=auth(private=["orders.*"]))
+    claims = {"sse": {"subscribe": ["orders.*"]}, "sub": "ada", "exp": int(clock.seconds() + 60)}
+    signed = jwt.encode(claims, SECRET, algorithm="HS256").encode()
+    Conn(site, b"/events?channel=orders.eu&token=" + signed)
+    Conn(site, b"/events?channel=news")
+    users = sorted((s.user or "") for s in broker._subscribers)
+    assert users == ["", "ada"]
