@@ -16,6 +16,7 @@ import os
 import random
 import time
 from collections.abc import Container, Iterable, Sequence
+from contextlib import nullcontext
 from typing import Any, Literal
 
 from twisted.application.service import Service
@@ -27,6 +28,7 @@ from twisted.web.http_headers import Headers
 from twisted.web.server import NOT_DONE_YET, Request
 
 from ._reactor import default_reactor
+from ._transport import coalesced
 from .ending import StreamEnds
 from .event import Event, InvalidItem, Item
 from .history import DEFAULT_HISTORY_BYTES, IHistory, MemoryHistory
@@ -373,10 +375,12 @@ class SSEBroker(Publishing, Service):
         relay = self.relay
         if relay is None:
             done = []
-            for item in items:
-                event_id = item.id if item.id is not None else self.next_id()
-                event = item.framed(event_id)
-                done.append(Published(item, event_id, self.dispatch(event), event))
+            # A batch goes out as one write per subscriber (a lone event at once).
+            with coalesced() if len(items) > 1 else nullcontext():
+                for item in items:
+                    event_id = item.id if item.id is not None else self.next_id()
+                    event = item.framed(event_id)
+                    done.append(Published(item, event_id, self.dispatch(event), event))
             return done
         for index, item in enumerate(items):
             if item.id is not None:
