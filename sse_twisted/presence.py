@@ -32,6 +32,7 @@ from fnmatch import fnmatchcase
 from typing import Any
 
 from twisted.application.service import Service
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -366,6 +367,11 @@ class PresenceEvents(Service):
     @param grace: seconds the last stream may be gone before the leave.
     @param reactor: an C{IReactorTime} for the grace timers (the global
         reactor when C{None}).
+    @param shared: across nodes, told C{(channel, user, joining)} as this
+        node's first stream of a user opens (its last one's grace ends), and
+        answering (a Deferred) whether that is a join (leave) for the whole
+        deployment (L{sse_twisted.redis.presence.RedisPresence.decide}); by
+        default every node decides alone.
 
     Once the broker drains (or this service stops) nothing more is
     published: a server that stops is no leave for the streams it ends.
@@ -380,12 +386,14 @@ class PresenceEvents(Service):
         *,
         grace: float = DEFAULT_LEAVE_GRACE,
         reactor: Any = None,
+        shared: Callable[[str, str, bool], Deferred[bool]] | None = None,
     ) -> None:
         if not grace >= 0:
             raise ValueError(f"grace must be >= 0 seconds, got {grace}")
         self.publisher = publisher
         self.tracker = tracker
         self.grace = grace
+        self.shared = shared
         self._reactor = reactor
         self._stopped = False
         self._leaving: dict[tuple[str, str], IDelayedCall] = {}
@@ -423,12 +431,32 @@ class PresenceEvents(Service):
     def _join(self, key: tuple[str, str]) -> None:
         del self._joining[key]
         self.announced.add(key)
-        self._publish(JOIN, key)
+        self._decide(JOIN, key)
 
     def _leave(self, key: tuple[str, str]) -> None:
         del self._leaving[key]
         self.announced.discard(key)
-        self._publish(LEAVE, key)
+        self._decide(LEAVE, key)
+
+    def _decide(self, name: str, key: tuple[str, str]) -> None:
+        if self.shared is None:
+            self._publish(name, key)
+            return
+
+        def decided(alone: bool) -> None:
+            if alone:
+                self._publish(name, key)
+
+        def failed(failure: Failure) -> None:
+            self.log.warn(
+                "Not publishing {name} of {user} on {channel}: {error}",
+                name=name,
+                user=key[1],
+                channel=key[0],
+                error=failure.value,
+            )
+
+        self.shared(key[0], key[1], name == JOIN).addCallbacks(decided, failed)
 
     def _publish(self, name: str, key: tuple[str, str]) -> None:
         channel, user = key

@@ -627,6 +627,13 @@ def makeService(options: Options) -> IService:
             private=options["private-channel"],
             allow_no_exp=bool(options["jwt-allow-no-exp"]),
         )
+    presence = None
+    if relay is not None:
+        from .redis.presence import RedisPresence
+
+        presence = RedisPresence(
+            relay, broker.presence_tracker, is_private=auth.is_private if auth else None
+        )
     publish_rate = (
         RateLimiter(options["publish-rate"], options["publish-burst"] or None)
         if options["publish-rate"]
@@ -648,6 +655,7 @@ def makeService(options: Options) -> IService:
         auth=auth,
         publish_rate=publish_rate,
         presence_path=options["presence-path"],
+        presence_source=presence.presence if presence is not None else None,
     )
     site = SSESite(
         root, header_timeout=options["header-timeout"], access_log=bool(options["access-log"])
@@ -662,7 +670,14 @@ def makeService(options: Options) -> IService:
     service = SSEService(options["port"], site, broker, banner=banner)
     if options["presence-events"]:
         # Held by the tracker it listens to; quiet once the broker drains.
-        PresenceEvents(broker, broker.presence_tracker, grace=options["leave-grace"])
+        PresenceEvents(
+            broker,
+            broker.presence_tracker,
+            grace=options["leave-grace"],
+            shared=presence.decide if presence is not None else None,
+        )
+    if presence is not None:
+        presence.setServiceParent(service)
     if isinstance(history, SQLiteHistory):
         # The first child: a file that cannot be used ends the start before
         # the port is bound (and logged as listening).
