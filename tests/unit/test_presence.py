@@ -8,14 +8,17 @@ from __future__ import annotations
 from typing import Any
 
 import jwt
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.internet.task import Clock
+from twisted.python import usage
 
 from sse_twisted import SSEBroker
 from sse_twisted.access import AllChannels
 from sse_twisted.auth import JWTAuth
 from sse_twisted.presence import JOIN, LEAVE, MAX_USERS, PresenceEvents, merge, receives
+from sse_twisted.tap import Options, makeService
 
 from ..support.conn import Conn, serve
 
@@ -366,3 +369,37 @@ def test_nothing_is_published_once_the_broker_drains(clock: Clock) -> None:
     clock.advance(10)
     assert broker.stats.published == published
     assert events.pending == 0
+
+
+# twistd sse options
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--leave-grace", "2"], "--leave-grace needs --presence-events"),
+        (["--presence-events", "--leave-grace", "-1"], "--leave-grace"),
+        (["--presence-events", "--leave-grace", "soon"], "--leave-grace"),
+        (["--presence-path", "/events"], "--presence-path"),
+        (["--presence-path", "publish"], "must differ"),
+    ],
+)
+def test_bad_presence_options_fail_in_one_line(argv: list[str], message: str) -> None:
+    """A bad presence option is refused at parse time with a message that names it."""
+    with pytest.raises(usage.UsageError, match=message):
+        Options().parseOptions(argv)
+
+
+def test_presence_options_build_the_service(clock: Clock) -> None:
+    """--presence-events with --leave-grace wires the events to the broker; the path is served."""
+    options = Options()
+    options.parseOptions(["--presence-events", "--leave-grace", "0.25", "--presence-path", "who"])
+    service = makeService(options)
+    broker = service.broker  # type: ignore[attr-defined]
+    [listener] = broker.presence_tracker.listeners
+    events = listener.__self__
+    assert isinstance(events, PresenceEvents) and events.grace == 0.25
+    defaults = Options()
+    defaults.parseOptions([])
+    assert defaults["leave-grace"] == 5.0 and not defaults["presence-events"]
+    assert defaults["presence-path"] == "/presence"
