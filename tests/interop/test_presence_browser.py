@@ -27,9 +27,7 @@ def token(sub: str) -> str:
     )
 
 
-def test_eventsource_sees_join_and_leave(
-    page: Any, start_server: Callable[..., SSEServer]
-) -> None:
+def test_eventsource_sees_join_and_leave(page: Any, start_server: Callable[..., SSEServer]) -> None:
     """
     A page's EventSource listening for sse.join and sse.leave on a channel
     sees another user's first stream open (join, with the channel's clients)
