@@ -147,3 +147,18 @@ async def test_a_report_redis_lost_is_written_whole_again(
     assert 0 < ttl <= 1000
     await reporter.stop()
     assert int(await redis_command(redis_server.port, "EXISTS", reporter.key)) == 0
+
+
+def test_a_node_that_stops_cleanly_drops_out_at_once(
+    redis: RedisServer, node: Callable[..., SSEServer]
+) -> None:
+    """A node stopped with SIGTERM deletes its report: the other node's answer drops it at once."""
+    a = node(redis)
+    b = node(redis)
+    on_b = RawSubscriber(b, "/events?channel=room")
+    on_b.read_until(b": connected")
+    wait(lambda: presence(a)["clients"] == 1, "a sees b's stream", timeout=REPORT_INTERVAL + 5)
+    b.stop(signal.SIGTERM)
+    assert "Traceback" not in b.output(), b.output()[-3000:]
+    took = wait(lambda: presence(a)["clients"] == 0, "b dropped out", timeout=REPORT_TTL + 2)
+    assert took < 1.0, took
