@@ -22,6 +22,7 @@ from .limits import RateLimiter, SubscriberLimits
 from .logstream import LogStreamObserver
 from .parser import EventStreamParser, MessageEvent
 from .paths import normalise_path
+from .presence import Presence, PresenceEvents
 from .publish import PublishResource
 from .publishing import Published
 from .relay import IRelay
@@ -45,6 +46,8 @@ __all__ = [
     "LogStreamObserver",
     "MemoryHistory",
     "MessageEvent",
+    "Presence",
+    "PresenceEvents",
     "PublishResource",
     "Published",
     "RateLimiter",

@@ -21,6 +21,7 @@ from .errors import json_response
 from .limits import RateLimiter, SubscriberLimits
 from .metrics import MetricsResource, metrics_registry
 from .paths import normalise_path
+from .presence_resource import PresenceResource, PresenceSource
 from .publish import DEFAULT_MAX_BODY, PublishResource
 from .resource import HealthResource, PageResource, StreamResource
 
@@ -44,10 +45,13 @@ def routes(
     limits: SubscriberLimits | None = None,
     auth: JWTAuth | None = None,
     publish_rate: RateLimiter | None = None,
+    presence_path: str | None = "/presence",
+    presence_source: PresenceSource | None = None,
 ) -> dict[str, IResource]:
     """
     The server's resources by (normalised) path: stream, publish, health,
-    and, when on, metrics and the demo page at C{/}.
+    and, when on, metrics, presence (C{presence_source} answers it: this
+    broker's streams by default) and the demo page at C{/}.
 
     C{cors}, C{limits}, C{auth} and C{publish_rate} configure the production
     features (all off by default). Building routes never changes the
@@ -78,10 +82,14 @@ def routes(
         table[normalise_path(metrics_path, "/metrics")] = MetricsResource(
             metrics_registry(broker, publish.statuses, publish.durations)
         )
+    if presence_path:
+        table[normalise_path(presence_path, "/presence")] = PresenceResource(
+            broker, publish_token, auth=auth, source=presence_source
+        )
     if demo:
         table["/"] = PageResource(DEMO_PAGE.read_bytes(), b"text/html; charset=utf-8")
-    if len(table) != 3 + bool(metrics_path) + bool(demo):
-        raise ValueError("the stream, publish, health and metrics paths must differ")
+    if len(table) != 3 + bool(metrics_path) + bool(presence_path) + bool(demo):
+        raise ValueError("the stream, publish, health, metrics and presence paths must differ")
     return table
 
 

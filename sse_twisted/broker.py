@@ -34,6 +34,7 @@ from .event import Event, InvalidItem, Item
 from .history import DEFAULT_HISTORY_BYTES, IHistory, MemoryHistory
 from .idempotency import DEFAULT_WINDOW, IIdempotency, MemoryIdempotency, publish_once
 from .index import SubscriberIndex
+from .presence import Presence, PresenceTracker
 from .publishing import Published, Publishing
 from .relay import IRelay
 from .response import set_stream_headers, turn_away
@@ -172,6 +173,8 @@ class SSEBroker(Publishing, Service):
         self._subscribers = self._index.subscribers
         self._all = self._index.everything
         self._by_channel = self._index.by_channel
+        #: Who holds the open streams, by channel (L{presence}).
+        self.presence_tracker = PresenceTracker()
         self._ends = StreamEnds(
             self.stats,
             lambda: self.reactor,
@@ -308,6 +311,7 @@ class SSEBroker(Publishing, Service):
 
     def _add(self, sub: Subscriber) -> None:
         self._index.add(sub)
+        self.presence_tracker.add(sub)
         if self._heartbeat is None and self.heartbeat_interval > 0:
             self._heartbeat = self._every(self.heartbeat_interval, self._beat)
         if self._sweeper is None and self.write_timeout > 0:
@@ -329,12 +333,20 @@ class SSEBroker(Publishing, Service):
     def _on_end(self, sub: Subscriber) -> None:
         """A stream is ending, whichever way: take it out of the index."""
         self._index.remove(sub)
+        self.presence_tracker.remove(sub)
         if self.log_clients:
             self.log.debug("SSE client {peer} gone", peer=sub.peer())
 
     def client_count(self, channel: str | None = None) -> int:
         """Open streams in all, or those that receive C{channel}."""
         return self._index.count(channel)
+
+    def presence(self, channel: str) -> Presence:
+        """
+        The open streams here that receive C{channel}, and their distinct
+        users, sorted and bounded (L{sse_twisted.presence}).
+        """
+        return self.presence_tracker.presence(channel)
 
     @property
     def write_timeout(self) -> float:

@@ -40,6 +40,7 @@ from .history import DEFAULT_HISTORY_BYTES
 from .idempotency import DEFAULT_WINDOW, MAX_WINDOW, SQLiteIdempotency, idempotency_for
 from .limits import DEFAULT_MAX_CHANNELS, RateLimiter, SubscriberLimits
 from .paths import normalise_path
+from .presence import DEFAULT_LEAVE_GRACE, PresenceEvents
 from .publish import DEFAULT_MAX_BODY
 from .service import SSEService
 from .site import SSESite
@@ -88,6 +89,12 @@ class Options(usage.Options):
         ["log-clients", None, "Log each subscriber's connect and disconnect (debug level)."],
         ["jwt-allow-no-exp", None, "Accept JWTs without exp (they never expire); default: 401."],
         [
+            "presence-events",
+            None,
+            "Publish sse.join on a channel when a user's (JWT sub) first stream naming it "
+            "opens, and sse.leave when their last one has been gone --leave-grace seconds.",
+        ],
+        [
             "check",
             None,
             "Check the options (and the --config file, key and secret files), "
@@ -108,6 +115,13 @@ class Options(usage.Options):
         ["publish-path", None, "/publish", "URL path for publishing (POST)."],
         ["health-path", None, "/health", "URL path of the health check."],
         ["metrics-path", None, "/metrics", "URL path of the Prometheus metrics."],
+        [
+            "presence-path",
+            None,
+            "/presence",
+            "URL path of presence (GET ?channel=NAME: clients and users; "
+            "the same authority as publishing).",
+        ],
         [
             "publish-token",
             None,
@@ -288,6 +302,14 @@ class Options(usage.Options):
             "Seconds a publish's Idempotency-Key is remembered (a repeat is not published"
             " again); 0: keys are refused.",
             seconds("idempotency-window"),
+        ],
+        [
+            "leave-grace",
+            None,
+            DEFAULT_LEAVE_GRACE,
+            "Seconds a user's last stream on a channel may be gone before sse.leave "
+            "(--presence-events): a reconnect within it is neither a leave nor a join.",
+            seconds("leave-grace"),
         ],
         [
             "redis-timeout",
@@ -535,13 +557,17 @@ class Options(usage.Options):
             normalise_path(self["path"]),
             normalise_path(self["publish-path"], "/publish"),
             normalise_path(self["health-path"], "/health"),
+            normalise_path(self["presence-path"], "/presence"),
         ]
         if not self["no-metrics"]:
             paths.append(normalise_path(self["metrics-path"], "/metrics"))
         if len(set(paths)) != len(paths):
             raise usage.UsageError(
-                "--path, --publish-path, --health-path and --metrics-path must differ"
+                "--path, --publish-path, --health-path, --presence-path and --metrics-path"
+                " must differ"
             )
+        if "leave-grace" in self._given | self._from_config and not self["presence-events"]:
+            raise usage.UsageError("--leave-grace needs --presence-events")
 
 
 def _has_password(url: str) -> bool:
@@ -601,6 +627,13 @@ def makeService(options: Options) -> IService:
             private=options["private-channel"],
             allow_no_exp=bool(options["jwt-allow-no-exp"]),
         )
+    presence = None
+    if relay is not None:
+        from .redis.presence import RedisPresence
+
+        presence = RedisPresence(
+            relay, broker.presence_tracker, is_private=auth.is_private if auth else None
+        )
     publish_rate = (
         RateLimiter(options["publish-rate"], options["publish-burst"] or None)
         if options["publish-rate"]
@@ -621,6 +654,8 @@ def makeService(options: Options) -> IService:
         ),
         auth=auth,
         publish_rate=publish_rate,
+        presence_path=options["presence-path"],
+        presence_source=presence.presence if presence is not None else None,
     )
     site = SSESite(
         root, header_timeout=options["header-timeout"], access_log=bool(options["access-log"])
@@ -633,6 +668,16 @@ def makeService(options: Options) -> IService:
         f"\n{options_line(options)}"  # secrets redacted
     )
     service = SSEService(options["port"], site, broker, banner=banner)
+    if options["presence-events"]:
+        # Held by the tracker it listens to; quiet once the broker drains.
+        PresenceEvents(
+            broker,
+            broker.presence_tracker,
+            grace=options["leave-grace"],
+            shared=presence.decide if presence is not None else None,
+        )
+    if presence is not None:
+        presence.setServiceParent(service)
     if isinstance(history, SQLiteHistory):
         # The first child: a file that cannot be used ends the start before
         # the port is bound (and logged as listening).

@@ -18,6 +18,7 @@ def test_exports() -> None:
         "IHistory": "history", "IRelay": "relay", "InvalidItem": "event", "Item": "event",
         "JWTAuth": "auth", "LogStreamObserver": "logstream", "MemoryHistory": "history",
         "MessageEvent": "parser", "PublishResource": "publish", "Published": "publishing",
+        "Presence": "presence", "PresenceEvents": "presence",
         "RateLimiter": "limits", "SSEBroker": "broker", "SSEService": "service",
         "Stats": "stats", "StreamResource": "resource", "Subscriber": "subscriber",
         "SubscriberLimits": "limits", "make_app": "app", "make_resource": "app",
