@@ -93,7 +93,7 @@ def chunk_writer(request: Request) -> Any:
 
 
 #: Writes held back, per transport, while a batch of events is published
-#: (L{coalesced}); L{None} otherwise.
+#: (L{coalesced}); C{None} otherwise.
 _held: dict[Any, list[bytes]] | None = None
 
 

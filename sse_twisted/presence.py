@@ -58,8 +58,9 @@ __all__ = [
 #: The most users a presence answer lists (sorted; the first ones).
 MAX_USERS = 1000
 
-#: The event names of a user's first stream on a channel, and of their last one's end.
+#: The event name of a user's first stream on a channel.
 JOIN = "sse.join"
+#: The event name of the end of a user's last stream on a channel (after the grace).
 LEAVE = "sse.leave"
 
 #: Seconds a user's last stream may be gone before C{sse.leave} is published.
@@ -371,10 +372,9 @@ class PresenceEvents(Service):
         node's first stream of a user opens (its last one's grace ends), and
         answering (a Deferred) whether that is a join (leave) for the whole
         deployment (L{sse_twisted.redis.presence.RedisPresence.decide}); by
-        default every node decides alone.
-
-    Once the broker drains (or this service stops) nothing more is
-    published: a server that stops is no leave for the streams it ends.
+        default every node decides alone. Once the broker drains (or this
+        service stops) nothing more is published: a server that stops is no
+        leave for the streams it ends.
     """
 
     log = Logger()
