@@ -10,10 +10,13 @@ from typing import Any
 
 import pytest
 from prometheus_client import generate_latest
-from twisted.internet.defer import Deferred, fail
+from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.error import ConnectionLost
 from twisted.internet.interfaces import IStreamClientEndpoint
 from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
 from twisted.logger import LogLevel
+from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from sse_twisted.broker import SSEBroker
@@ -306,3 +309,80 @@ def test_metrics_expose_the_relay_link_and_its_counters() -> None:
     bus.stop()
     plain = generate_latest(metrics_registry(SSEBroker(reactor=clock, heartbeat=0))).decode()
     assert "sse_relay" not in plain
+
+
+class AbortableTransport(StringTransport):
+    """A StringTransport whose abortConnection ends the connection, as a socket's does."""
+
+    def abortConnection(self) -> None:
+        super().abortConnection()
+        if self.protocol is not None and not getattr(self, "lost", False):
+            self.lost = True
+            self.protocol.connectionLost(Failure(ConnectionLost("aborted")))
+
+
+@implementer(IStreamClientEndpoint)
+class StringEndpoint:
+    """Each attempt connects at once, to a StringTransport the test answers for Redis."""
+
+    def __init__(self) -> None:
+        self.connections: list[tuple[Any, AbortableTransport]] = []
+
+    def connect(self, factory: Any) -> Deferred[Any]:
+        proto = factory.buildProtocol(None)
+        transport = AbortableTransport()
+        proto.makeConnection(transport)
+        transport.protocol = proto
+        self.connections.append((proto, transport))
+        return succeed(proto)
+
+
+def test_a_connection_lost_while_logging_in_is_a_failed_attempt(
+    redis_log: list[dict[str, Any]],
+) -> None:
+    """
+    The publishing connection lost while the session is prepared (logging
+    in) fails that attempt, quietly for ClientService (whose state machine
+    has no transition for a loss before it holds a connection): retried
+    after the backoff, one warning for the outage.
+    """
+    clock = Clock()
+    endpoint = StringEndpoint()
+    bus = RedisBus("redis://:pw@h:1/0", reactor=clock, endpoint=endpoint)
+    bus.start()
+    ((proto, transport),) = endpoint.connections
+    assert transport.value().startswith(b"*2\r\n$4\r\nAUTH\r\n$2\r\npw\r\n")  # prepareConnection
+    proto.connectionLost(Failure(ConnectionLost("reset while logging in")))
+    assert not bus.ready
+    (retry,) = clock.getDelayedCalls()
+    assert retry.getTime() - clock.seconds() <= bus.initial_backoff
+    clock.advance(bus.initial_backoff)
+    assert len(endpoint.connections) == bus.connect_attempts == 2
+    warned = [e for e in redis_log if e["log_level"] >= LogLevel.warn]
+    assert len(warned) == 1 and "unreachable" in warned[0]["log_format"]
+    bus.stop()
+    assert clock.getDelayedCalls() == []
+
+
+def test_a_refused_login_drops_the_connection_and_retries(
+    redis_log: list[dict[str, Any]],
+) -> None:
+    """
+    Redis refusing AUTH fails the attempt: its connection is dropped (not
+    left open beside the next one) and the next attempt comes after the
+    backoff; the warning gives Redis's reason.
+    """
+    clock = Clock()
+    endpoint = StringEndpoint()
+    bus = RedisBus("redis://:bad@h:1/0", reactor=clock, endpoint=endpoint)
+    bus.start()
+    ((proto, transport),) = endpoint.connections
+    proto.dataReceived(b"-WRONGPASS invalid username-password pair\r\n-NOAUTH\r\n")
+    assert transport.disconnecting
+    (retry,) = clock.getDelayedCalls()
+    (warned,) = [e for e in redis_log if e["log_level"] >= LogLevel.warn]
+    assert "WRONGPASS" in warned["reason"]
+    clock.advance(retry.getTime() - clock.seconds())
+    assert len(endpoint.connections) == 2
+    bus.stop()
+    assert clock.getDelayedCalls() == []
