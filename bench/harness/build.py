@@ -122,5 +122,8 @@ def redis_available() -> tuple[bool, str]:
     except (subprocess.TimeoutExpired, OSError) as e:
         return False, f"cannot check the redis extra: {e}"
     if r.returncode != 0:
-        return False, "the redis extra (hiredis) is missing in /work/main/.venv (pip install '.[redis]')"
+        return (
+            False,
+            "the redis extra (hiredis) is missing in /work/main/.venv (pip install '.[redis]')",
+        )
     return True, ""
