@@ -140,6 +140,10 @@ class SessionEndpoint:
         self._on_failure = on_failure
 
     def connect(self, protocolFactory: IProtocolFactory) -> Deferred[IProtocol]:
+        """
+        Open the publishing connection; the protocol C{protocolFactory}
+        (C{ClientService}'s proxy of a L{SessionFactory}) builds, holding it.
+        """
         return Deferred.fromCoroutine(self._connect(protocolFactory))
 
     async def _connect(self, factory: IProtocolFactory) -> IProtocol:
