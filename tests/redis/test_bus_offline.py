@@ -386,3 +386,80 @@ def test_a_refused_login_drops_the_connection_and_retries(
     assert len(endpoint.connections) == 2
     bus.stop()
     assert clock.getDelayedCalls() == []
+
+
+def bulk(text: str) -> bytes:
+    data = text.encode()
+    return b"$%d\r\n%s\r\n" % (len(data), data)
+
+
+def array(*items: bytes) -> bytes:
+    return b"*%d\r\n" % len(items) + b"".join(items)
+
+
+def entry(stream_id: str, data: str) -> bytes:
+    return array(bulk(stream_id), array(bulk("channel"), bulk("c"), bulk("data"), bulk(data)))
+
+
+def answer_session(endpoint: StringEndpoint, first: int, newest: str, rebuild: bool) -> None:
+    """
+    Play Redis for one session's preparation: log both connections in,
+    INFO, the rebuild at the first connection (a stream whose newest entry
+    is C{newest}), the first read (nothing after C{newest}).
+    """
+    publisher, _ = endpoint.connections[first]
+    publisher.dataReceived(b"+OK\r\n")  # CLIENT SETNAME
+    reader, _ = endpoint.connections[first + 1]
+    reader.dataReceived(b"+OK\r\n")  # CLIENT SETNAME
+    reader.dataReceived(bulk("# Server\r\nrun_id:abc\r\n"))  # INFO server
+    if rebuild:
+        info = array(bulk("length"), b":1\r\n", bulk("entries-added"), b":1\r\n")
+        reader.dataReceived(  # MULTI XREVRANGE XINFO EXEC
+            b"+OK\r\n+QUEUED\r\n+QUEUED\r\n" + array(array(entry(newest, "old")), info)
+        )
+    reader.dataReceived(  # MULTI XRANGE XREAD EXEC: the cursor held, nothing after it
+        b"+OK\r\n+QUEUED\r\n+QUEUED\r\n" + array(array(entry(newest, "old")), b"*-1\r\n")
+    )
+
+
+def test_link_metrics_on_a_clock() -> None:
+    """
+    On a Clock, with Redis played on StringTransports: connected turns 1 once
+    the session is prepared; a blocking read's entries are counted and the
+    read lag is the clock's time less the newest entry's (its stream id's
+    milliseconds); the round trips were observed (the blocking read not);
+    the link lost, connected is 0; back, one reconnect.
+    """
+    clock = Clock()
+    clock.advance(1.25)
+    endpoint = StringEndpoint()
+    bus = RedisBus("redis://h:1/0", reactor=clock, endpoint=endpoint)
+    broker = SSEBroker(relay=bus, history=bus.history, reactor=clock, heartbeat=0)
+    bus.start()
+    assert not bus.connected
+    answer_session(endpoint, 0, "500-0", rebuild=True)
+    assert bus.ready and bus.connected
+    timed = bus.roundtrips.count
+    assert timed >= 4  # SETNAME x2, INFO, rebuild, first read
+    reader, _ = endpoint.connections[1]
+    news = array(array(bulk("sse:events"), array(entry("1000-0", "a"), entry("1000-1", "b"))))
+    reader.dataReceived(news + array(entry("500-0", "old")))  # XREAD BLOCK, then XRANGE
+    assert bus.read_events == 2
+    assert bus.read_lag == pytest.approx(0.25)
+    assert bus.roundtrips.count == timed  # the blocking read is not a round trip
+    text = generate_latest(metrics_registry(broker)).decode()
+    assert "sse_redis_connected 1.0" in text
+    assert "sse_redis_read_events_total 2.0" in text
+    assert "sse_redis_read_lag_seconds 0.25" in text
+    assert f"sse_redis_roundtrip_seconds_count {float(timed)}" in text
+
+    publisher, transport = endpoint.connections[0]
+    transport.abortConnection()  # the publishing link lost: the session ends
+    assert not bus.connected and not bus.ready
+    assert "sse_redis_connected 0.0" in generate_latest(metrics_registry(broker)).decode()
+    clock.advance(bus.initial_backoff)
+    answer_session(endpoint, 2, "1000-1", rebuild=False)
+    assert bus.ready and bus.reconnects == 1
+    assert "sse_redis_reconnects_total 1.0" in generate_latest(metrics_registry(broker)).decode()
+    bus.stop()
+    assert clock.getDelayedCalls() == []
