@@ -191,6 +191,39 @@ def _relay_metrics(relay: Any) -> Iterator[Any]:
         value = getattr(relay, attr, None)
         if isinstance(value, int):
             yield CounterMetricFamily(name, help_text, value=value)
+    roundtrips = getattr(relay, "roundtrips", None)
+    if isinstance(roundtrips, Histogram):  # a RedisBus
+        yield from _redis_metrics(relay, roundtrips)
+
+
+def _redis_metrics(bus: Any, roundtrips: Histogram) -> Iterator[Any]:
+    """A L{sse_twisted.redis.RedisBus}'s link: connected, reconnects, reads, lag, round trips."""
+    yield GaugeMetricFamily(
+        "sse_redis_connected",
+        "1 while both Redis connections (publishing, reading) are up and logged in.",
+        value=int(bus.connected),
+    )
+    yield CounterMetricFamily(
+        "sse_redis_reconnects",
+        "Times this node connected to Redis again after a connected period ended.",
+        value=bus.reconnects,
+    )
+    yield CounterMetricFamily(
+        "sse_redis_read_events", "Stream entries read from Redis.", value=bus.read_events
+    )
+    if bus.read_lag is not None:
+        yield GaugeMetricFamily(
+            "sse_redis_read_lag_seconds",
+            "Age of the newest entry of the last read from Redis when read (Redis's clock"
+            " against this node's): how far behind the stream this node reads.",
+            value=bus.read_lag,
+        )
+    yield _histogram(
+        "sse_redis_roundtrip_seconds",
+        "Seconds from sending a Redis command (or a transaction) to its reply; blocking reads"
+        " excluded.",
+        roundtrips,
+    )
 
 
 def metrics_registry(

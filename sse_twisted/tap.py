@@ -505,9 +505,9 @@ class Options(usage.Options):
             raise usage.UsageError("--overflow catchup needs a history (--history N, N > 0)")
         check_endpoint_in(self["port"], self.parent)
         if self["redis"]:
-            # find_spec, not an import: txredisapi imports (so installs) the
-            # global reactor, which is not ours to choose while parsing.
-            if importlib.util.find_spec("txredisapi") is None:
+            # find_spec, not an import: importing sse_twisted.redis is not
+            # needed to tell whether the extra (hiredis) is installed.
+            if importlib.util.find_spec("hiredis") is None:
                 raise usage.UsageError(
                     "--redis needs the 'redis' extra: pip install 'sse-twisted[redis]'"
                 )

@@ -108,7 +108,8 @@ def sse_twisted_available() -> tuple[bool, str]:
 
 
 def redis_available() -> tuple[bool, str]:
-    """The scale-out scenarios need redis-server and sse_twisted's `redis` extra (txredisapi)."""
+    """The scale-out scenarios need redis-server and sse_twisted's `redis` extra (hiredis;
+    txredisapi in builds from before the project's own client)."""
     if not Path(REDIS_SERVER).exists():
         return False, "`redis-server` not installed (Debian: redis-server)"
     ok, why = sse_twisted_available()
@@ -116,9 +117,13 @@ def redis_available() -> tuple[bool, str]:
         return False, why
     py = MAIN_VENV / "bin" / "python"
     try:
-        r = subprocess.run([str(py), "-c", "import txredisapi"], capture_output=True, timeout=60)
+        check = "import importlib.util as u, sys; sys.exit(not (u.find_spec('hiredis') or u.find_spec('txredisapi')))"
+        r = subprocess.run([str(py), "-c", check], capture_output=True, timeout=60)
     except (subprocess.TimeoutExpired, OSError) as e:
-        return False, f"cannot check txredisapi: {e}"
+        return False, f"cannot check the redis extra: {e}"
     if r.returncode != 0:
-        return False, "txredisapi missing in /work/main/.venv (pip install '.[redis]')"
+        return (
+            False,
+            "the redis extra (hiredis) is missing in /work/main/.venv (pip install '.[redis]')",
+        )
     return True, ""

@@ -55,6 +55,8 @@ def add_variant(name: str, twistd: Path, extra: list[str] | None = None) -> str:
     VARIANTS[server] = twistd
     VARIANT_ARGS[server] = extra or []
     ALL_SERVERS.append(server)
+    # The scale-out scenarios run each variant's build as a setup of its own too.
+    REDIS_SETUPS.append(f"redis-2@{name}")
     return server
 
 
@@ -259,19 +261,21 @@ class Cluster:
     def __init__(self, setup: str, outdir: Path, tag: str) -> None:
         if setup not in REDIS_SETUPS:
             raise ValueError(f"unknown setup {setup!r}")
+        # "redis-2@NAME": the nodes run variant NAME's build (--variant NAME=TWISTD).
+        self.server = f"sse_twisted@{setup.partition('@')[2]}" if "@" in setup else REFERENCE
         self.setup, self.outdir, self.tag = setup, outdir, tag
         self.redis: RedisServer | None = None
         self.nodes: list[Server] = []
 
     def start(self) -> None:
         extra: list[str] = []
-        if self.setup == "redis-2":
+        if self.setup.startswith("redis-2"):
             self.redis = RedisServer(self.outdir / f"{self.tag}-redis.log")
             self.redis.wait_ready()
             extra = ["--redis", self.redis.url]
         for node in ("A", "B") if self.redis else ("A",):
             log_name = f"{self.tag}-{node}.log" if self.redis else f"{self.tag}.log"
-            self.nodes.append(Server(REFERENCE, self.outdir / log_name, extra=extra))
+            self.nodes.append(Server(self.server, self.outdir / log_name, extra=extra))
         for srv in self.nodes:
             srv.wait_health()
 

@@ -42,7 +42,7 @@ def add_storm_bounds(runs: list[dict[str, Any]]) -> None:
 
 def scale_out_summary(runs: list[dict[str, Any]], scenarios: list[str]) -> list[str]:
     """redis-2 against single, from the medians of the scale-out scenarios."""
-    one, two = REDIS_SETUPS
+    one, two = REDIS_SETUPS[:2]
 
     def pair(sc: str, key: str) -> tuple[float | None, float | None]:
         return median(runs, sc, one, key), median(runs, sc, two, key)

@@ -5,21 +5,23 @@ Each node publishes by C{XADD}ing to the stream (a batch in one
 C{MULTI}/C{EXEC}) and delivers by reading it on a connection of its own, so
 every node delivers every event exactly once, in the stream's one global
 order, including the node that published it: L{RedisBus.publish} does not
-dispatch locally. Each read is a C{MULTI} of C{XRANGE cursor cursor} and a
-non-blocking C{XREAD} after the cursor; C{XREAD BLOCK} only waits for news.
-Streams are trimmed from their oldest end, so "the cursor's entry is still
-there" proves that nothing after it was trimmed unread: a node that falls
-further behind than the stream holds notices, instead of skipping silently.
+dispatch locally. Each read is an C{XREAD} after the cursor with an
+C{XRANGE cursor cursor} behind it: while connected, one write of a
+C{XREAD COUNT BLOCK} and the C{XRANGE} (one round trip). Streams are
+trimmed from their oldest end, so "the cursor's entry is still there" proves
+that nothing after it was trimmed unread: a node that falls further behind
+than the stream holds notices, instead of skipping silently.
 The stream is also the history: it is bounded with C{MAXLEN ~ history_size} (and
 C{XTRIM MINID ~ now - ttl} when a TTL is set), event ids I{are} the stream ids,
 and each node keeps a local mirror of the stream's tail (L{StreamHistory}) so
 that the broker's synchronous C{history.since()} answers a C{Last-Event-ID}
 from any node, after any node restarts.
 
-Faults: connecting, losing Redis and getting it back are one loop with
-capped, jittered backoff. An outage logs one warning when it starts (Redis
-lost, or unreachable at the first attempt) and one info line when Redis is
-back, with how long it was away; the retries in between log nothing (twistd
+Faults: connecting, losing Redis and getting it back are Twisted's
+C{ClientService}, with capped, jittered backoff on the bus's clock. An
+outage logs one warning when it starts (Redis lost, or unreachable at the
+first attempt) and one info line when Redis is back, with how long it was
+away; the retries in between log nothing (twistd
 writes debug lines too) and are counted instead (L{RedisBus.connect_attempts},
 L{RedisBus.outages}, read by the metrics). A Redis that hangs is noticed by
 a C{PING} every L{RedisBus.ping_interval} seconds on the publishing
@@ -46,9 +48,12 @@ The modules, each importing only those above it:
     - C{entries}: stream ids (L{stream_id_key}) and an event's fields in
       an entry, written and read back in one place;
     - C{history}: L{StreamHistory}, the mirror;
+    - C{resp}: the RESP protocol on C{hiredis.Reader} (pipelined commands,
+      replies in order);
     - C{link}: the command client (one connection, a deadline on every
       reply, transactions in one write) and its errors;
     - C{reader}: this node's place in the stream and gap detection;
+    - C{session}: a connected period as C{ClientService} holds it;
     - C{bus}: L{RedisBus}, the connect/reconnect loop, delivery, publishing.
 
 Intentional divergences, and why:
@@ -65,12 +70,9 @@ Intentional divergences, and why:
       keep their place. A changed C{run_id} is logged.
     - The TTL is applied by stream id time (Redis's clock when it created the
       entry), in the mirror as in the stream, not by when this node saw it.
-    - txredisapi: only its protocol is used, imported on first use; why:
-      L{sse_twisted.redis.link}.
-    - Throughput: txredisapi's parser takes a reactor turn per bulk string
-      that shares a TCP read with what follows, so a node reads some
-      thousands of events a second (never blocking the reactor). Size
-      C{history_size} so that a burst fits in the stream while nodes read it.
+    - The Redis client is our own small one (L{sse_twisted.redis.resp}), not
+      a client library: the bus needs a few commands, cheap on the read
+      path; C{hiredis} parses a whole read's entries in one call, in C.
 """
 
 from __future__ import annotations

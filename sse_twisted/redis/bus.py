@@ -2,10 +2,12 @@
 L{RedisBus}: the relay over one Redis Stream (the why of its behaviour, and
 where it diverges from what one might expect: the package docstring).
 
-Connecting, losing Redis and getting it back are one loop with capped,
-jittered backoff; each connected period opens two connections (publishing,
-reading), catches up, then reads and delivers until a fault. Publishing is
-one C{MULTI}/C{EXEC} of C{XADD}s on the publishing connection.
+Connecting, losing Redis and getting it back are Twisted's C{ClientService}
+with a capped, jittered backoff on the bus's clock; each connected period
+(a L{Session}) opens two connections (publishing, reading) and catches up
+while C{ClientService} prepares it, then the bus reads and delivers until a
+fault. Publishing is one C{MULTI}/C{EXEC} of C{XADD}s on the publishing
+connection.
 """
 
 from __future__ import annotations
@@ -15,19 +17,27 @@ import random
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from twisted.internet.defer import CancelledError, Deferred, fail, succeed
-from twisted.internet.interfaces import IOpenSSLClientConnectionCreator, IStreamClientEndpoint
-from twisted.internet.task import LoopingCall, deferLater
-from twisted.logger import Logger
+from twisted.application.internet import ClientService, backoffPolicy
+from twisted.internet.defer import CancelledError, Deferred, fail, gatherResults, succeed
+from twisted.internet.interfaces import (
+    IOpenSSLClientConnectionCreator,
+    IProtocol,
+    IStreamClientEndpoint,
+)
+from twisted.internet.task import LoopingCall
+from twisted.logger import ILogObserver, Logger
 from twisted.python.failure import Failure
+from zope.interface import provider
 
 from .._reactor import default_reactor
 from ..event import Event, Item
 from ..relay import BatchTooLarge
-from .entries import item_fields
+from ..stats import Histogram
+from .entries import item_fields, stream_id_key
 from .history import StreamHistory
 from .link import Connections, Link, RedisUnavailable, describe, info_field
 from .reader import StreamReader
+from .session import Session, SessionEndpoint, SessionFactory
 from .url import parse_redis_url
 
 __all__ = ["RedisBus"]
@@ -41,6 +51,17 @@ _UNREACHABLE = (
     "Redis at {where} is unreachable ({reason}); retrying with backoff up to {cap}s,"
     " not ready until it answers"
 )
+
+
+class _QuietClientService(ClientService):
+    """
+    C{ClientService} without its info line per retry: an outage logs one
+    warning when it starts and one line when Redis is back (twistd writes
+    info lines, so a line per retry would be a line per retry in the log);
+    the retries are counted instead.
+    """
+
+    _log = Logger(observer=provider(ILogObserver)(lambda event: None))
 
 
 class RedisBus:
@@ -86,6 +107,15 @@ class RedisBus:
     @ivar resets: times Redis no longer held this node's place, so that the
         mirror was rebuilt (monitoring).
     @ivar gaps: times unread entries were found gone and C{on_gap} called
+        (monitoring).
+    @ivar reconnects: times the bus connected again after a connected
+        period ended (monitoring).
+    @ivar read_events: stream entries read (monitoring).
+    @ivar read_lag: seconds between Redis storing the newest entry of the
+        last read and this node reading it, by Redis's clock and this
+        node's; C{None} before the first entry (monitoring).
+    @ivar roundtrips: seconds per round trip of the commands that do not
+        block (a publish, a check, a read, a PING), in fixed buckets
         (monitoring).
     @ivar client_name: the prefix of this node's C{CLIENT SETNAME}s, to find
         its two connections in C{CLIENT LIST}.
@@ -137,6 +167,10 @@ class RedisBus:
         self.outages = 0
         self.resets = 0
         self.gaps = 0
+        self.reconnects = 0
+        self.read_events = 0
+        self.read_lag: float | None = None
+        self.roundtrips = Histogram()
         self.client_name = f"sse_twisted-{os.getpid()}-{os.urandom(3).hex()}"
         self._reactor = reactor
         self._connections = Connections(
@@ -146,11 +180,14 @@ class RedisBus:
             tls=tls,
             reactor=reactor,
             on_give_up=self._gave_up,
+            roundtrips=self.roundtrips,
         )
         self._where = self._connections.where
         self._reader = StreamReader(stream, self.history)
         self._run_id: str | None = None
         self._publisher: Link | None = None
+        self._service: ClientService | None = None
+        self._sessions = 0
         self._loop: Deferred[None] | None = None
         self._stopping = False
         # When the current outage began (clock seconds), None while connected
@@ -159,6 +196,7 @@ class RedisBus:
         # Why the last connection was given up, when this package gave it up.
         self._fault: str | None = None
         self._pinger: LoopingCall | None = None
+        self._session: Session | None = None
         self._ping_pending = False
 
     @property
@@ -172,13 +210,39 @@ class RedisBus:
 
     # Lifecycle
 
+    @property
+    def connected(self) -> bool:
+        """Both connections are up, logged in and caught up (monitoring)."""
+        session = self._session
+        return (
+            session is not None
+            and session.publisher is not None
+            and session.reader is not None
+            and session.publisher.connected
+            and session.reader.connected
+        )
+
     def start(self) -> None:
         """Connect, and keep connecting; L{ready} turns True once reading."""
         if self._loop is not None:
             raise RuntimeError("RedisBus is already started; stop() it first")
         self._stopping = False
         self._outage_since = None
-        loop = Deferred.fromCoroutine(self._run())
+        endpoint = SessionEndpoint(
+            self._connections,
+            self.command_timeout,
+            on_attempt=self._attempting,
+            on_failure=self._attempt_failed,
+        )
+        service = self._service = _QuietClientService(
+            endpoint,
+            SessionFactory(),
+            retryPolicy=self._retry_policy(),
+            clock=self._clock,
+            prepareConnection=self._prepare,
+        )
+        service.startService()
+        loop = Deferred.fromCoroutine(self._run(service))
         self._loop = loop
         loop.addErrback(self._loop_ended)
 
@@ -191,21 +255,90 @@ class RedisBus:
         self.ready = False
         loop, self._loop = self._loop, None
         if loop is not None:
-            # Cancelling runs the loop's cleanup at once: the retry timer or
-            # the pending command is cancelled and the connections aborted.
+            # Cancelling runs the loop's cleanup at once: the pending command
+            # is cancelled and the connections aborted.
             loop.cancel()
-        return self._connections.close()
+        service, self._service = self._service, None
+        # The retry timer or the attempt is cancelled, the connections aborted.
+        stopping = [service.stopService()] if service is not None else []
+        stopping.append(self._connections.close())
+        return gatherResults(stopping).addCallback(lambda _: None)
 
     def _loop_ended(self, failure: Failure) -> None:
         if not failure.check(CancelledError):
             self.log.failure("The Redis reader stopped unexpectedly", failure)
 
-    async def _run(self) -> None:
-        failures = 0
+    def _retry_policy(self) -> Callable[[int], float]:
+        """
+        Doubling from L{initial_backoff}, capped at C{max_backoff}
+        (C{backoffPolicy}), times a jitter in (0.5, 1]: nodes that lost the
+        same Redis do not all come back in step. The jitter scales with the
+        delay (C{backoffPolicy}'s own adds up to a second, which would swamp
+        a first retry of 0.1 s).
+        """
+        capped = backoffPolicy(
+            self.initial_backoff, self.max_backoff, factor=2.0, jitter=lambda: 0.0
+        )
+        return lambda failures: capped(failures - 1) * (1 - random.random() / 2)
+
+    def _attempting(self) -> None:
+        self.connect_attempts += 1
+
+    def _attempt_failed(self, error: BaseException) -> None:
+        """An attempt failed (connecting or preparing): maybe the start of an outage."""
+        if self._stopping:
+            return
+        reason = describe(error)
+        if self._fault is not None:
+            reason, self._fault = self._fault, None
+        if self._outage_since is None:
+            # Unreachable at the first attempt (a lost session logged already).
+            self.outages += 1
+            self._outage_since = self._clock.seconds()
+            self.log.warn(_UNREACHABLE, where=self._where, reason=reason, cap=self.max_backoff)
+
+    def _prepare(self, proto: IProtocol) -> Deferred[None]:
+        """
+        C{ClientService}'s C{prepareConnection}: log the publishing
+        connection in, open the reading one, and catch up. A failure drops
+        both (C{ClientService} would leave them open) and is the attempt's:
+        retried after the backoff.
+        """
+        session: Session = proto.itself  # type: ignore[attr-defined]  # a proxy of one
+
+        def failed(f: Failure) -> Failure:
+            session.abort()
+            self._attempt_failed(f.value or RuntimeError("failed"))
+            return f
+
+        return Deferred.fromCoroutine(self._catch_up(session)).addErrback(failed)
+
+    async def _catch_up(self, session: Session) -> None:
+        publisher = session.publisher
+        assert publisher is not None
+        await self._connections.login(publisher, "publish")
+        read_link = session.reader = await self._connections.open("read", self.command_timeout)
+        run_id = info_field(await read_link.call("INFO", "server"), "run_id")
+        session.restarted = self._run_id is not None and run_id != self._run_id
+        self._run_id = run_id
+        if session.restarted:
+            # Its entries-added may not be the count this node followed.
+            self._reader.added = None
+        resets = self.resets
+        if self._reader.cursor is None:
+            await self._reader.rebuild(read_link)
+        # Before turning ready, so that a Redis that lost our place is noticed
+        # (and the mirror rebuilt) before anyone is answered from the mirror.
+        session.batch = await self._read(read_link)
+        session.rebuilt = self.resets != resets
+        session.prepared = True
+
+    async def _run(self, service: ClientService) -> None:
+        """Each session C{ClientService} connects: serve it until it ends."""
         while True:
-            self.connect_attempts += 1
+            session: Session = await service.whenConnected()  # type: ignore[assignment]
             try:
-                await self._session()
+                await self._serve(session)
                 reason = "the connection closed"
             except CancelledError:
                 if self._stopping:
@@ -222,36 +355,22 @@ class RedisBus:
                 # This package gave the connection up (no reply in time): that
                 # is the cause, not the abort it led to.
                 reason, self._fault = self._fault, None
-            was_ready = self.ready
             self._teardown()
-            if was_ready or self._outage_since is None:
-                # An outage begins (else it goes on: counted, not logged).
-                if was_ready:
-                    failures = 0
-                self.outages += 1
-                self._outage_since = self._clock.seconds()
-                self.log.warn(
-                    _LOST if was_ready else _UNREACHABLE,
-                    where=self._where,
-                    reason=reason,
-                    cap=self.max_backoff,
-                )
-            delay = self._backoff(failures)
-            failures += 1
-            await deferLater(self._clock, delay)
-
-    def _backoff(self, failures: int) -> float:
-        """Doubling from L{initial_backoff}, capped, times a jitter in (0.5, 1]."""
-        base = min(self.max_backoff, self.initial_backoff * 2.0 ** min(failures, 32))
-        return base * (1 - random.random() / 2)
+            self.outages += 1
+            self._outage_since = self._clock.seconds()
+            self.log.warn(_LOST, where=self._where, reason=reason, cap=self.max_backoff)
+            # Until C{ClientService} has seen it go, it would hand it out again.
+            await session.when_closed()
 
     def _teardown(self) -> None:
         self.ready = False
         self._publisher = None
+        session, self._session = self._session, None
         pinger, self._pinger = self._pinger, None
         if pinger is not None and pinger.running:
             pinger.stop()
-        self._connections.abort()
+        if session is not None:
+            session.abort()
 
     def _ping(self, link: Link) -> None:
         """
@@ -271,25 +390,14 @@ class RedisBus:
     def _gave_up(self, why: str) -> None:
         self._fault = why
 
-    async def _session(self) -> None:
-        """One connected period: connect, catch up, then read until a fault."""
-        publisher = await self._connections.open("publish", self.command_timeout)
-        read_link = await self._connections.open("read", self.command_timeout)
-        run_id = info_field(await read_link.call("INFO", "server"), "run_id")
-        restarted = self._run_id is not None and run_id != self._run_id
-        self._run_id = run_id
-        if restarted:
-            # Its entries-added may not be the count this node followed.
-            self._reader.added = None
-        resets = self.resets
-        if self._reader.cursor is None:
-            await self._reader.rebuild(read_link)
-        # Before turning ready, so that a Redis that lost our place is noticed
-        # (and the mirror rebuilt) before anyone is answered from the mirror.
-        batch = await self._read(read_link)
-        # Either connection failing ends the session; the reading link is the one
-        # waiting, so the publisher's end aborts it.
-        publisher.when_closed().addCallback(lambda _: read_link.abort())
+    async def _serve(self, session: Session) -> None:
+        """One connected period, prepared: deliver, then read until a fault."""
+        publisher, read_link = session.publisher, session.reader
+        assert publisher is not None and read_link is not None
+        self._session = session
+        if self._sessions:
+            self.reconnects += 1
+        self._sessions += 1
         self._publisher = publisher
         self.ready = True
         self._ping_pending = False
@@ -306,29 +414,37 @@ class RedisBus:
             if since is None
             else f" after {self._clock.seconds() - since:.1f}s away"
             f" ({self.connect_attempts} connection attempts so far)",
-            restarted=" (it restarted since last seen)" if restarted else "",
+            restarted=" (it restarted since last seen)" if session.restarted else "",
             stream=self.stream,
             held=len(self.history),
             cursor=self._reader.cursor,
-            rebuilt=" (history rebuilt)" if self.resets != resets else "",
+            rebuilt=" (history rebuilt)" if session.rebuilt else "",
         )
+        batch, session.batch = session.batch, []
+        timeout = self.block_ms / 1000 + self.command_timeout
         while not self._stopping:
             self._deliver(batch)
-            if self._stopping:
+            if self._stopping or read_link.closed:
                 return
-            if len(batch) < self.read_count:
-                # Caught up: wait for news.
-                await self._reader.wait(
-                    read_link, self.block_ms, self.block_ms / 1000 + self.command_timeout
-                )
-            batch = await self._read(read_link)
+            batch = await self._read(read_link, block=timeout)
 
-    async def _read(self, link: Link) -> list[Any]:
+    async def _read(self, link: Link, block: float | None = None) -> list[Any]:
         """
-        The next entries; when unread ones were lost before them, count it
-        and tell L{on_gap} first (the mirror is already restarted).
+        The next entries, waiting for some up to L{block_ms} when C{block}
+        (the reply's deadline, seconds); when unread ones were lost before
+        them, count it and tell L{on_gap} first (the mirror is already
+        restarted).
         """
-        batch, gap = await self._reader.read(link, self.read_count)
+        if block is None:
+            batch, gap = await self._reader.read(link, self.read_count)
+        else:
+            batch, gap = await self._reader.read_blocking(
+                link, self.read_count, self.block_ms, block
+            )
+        if batch:
+            self.read_events += len(batch)
+            newest_ms = stream_id_key(batch[-1][0])[0]
+            self.read_lag = max(0.0, self._clock.seconds() - newest_ms / 1000)
         if gap is not None:
             self.resets += 1
             self.gaps += 1

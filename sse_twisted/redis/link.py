@@ -1,14 +1,11 @@
 """
-The command client: one Redis connection over txredisapi's protocol, with a
-deadline on every reply and transactions sent in one write.
+The command client: one Redis connection (L{RespProtocol}), with a deadline
+on every reply and transactions sent in one write; and L{Connections}, which
+opens such links and drops them all at once.
 
-Why not more of txredisapi: importing it imports (and so installs) the
-global reactor, which would break C{--reactor} choices made later, so it is
-imported on first use. Its connection helpers (C{Connection},
-C{lazyConnection}, pools) are not used: they schedule on the global reactor,
-log every retry, and their backoff cannot be capped per bus or driven by a
-test clock. Only its protocol is, over an endpoint that L{Connections}
-connects and the bus retries.
+Connecting only: retrying, with backoff, is L{sse_twisted.redis.bus}'s (a
+C{ClientService}), and nothing here schedules on the global reactor, so a
+test drives it all on a C{Clock}.
 """
 
 from __future__ import annotations
@@ -17,17 +14,19 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from twisted.internet import defer
-from twisted.internet.defer import Deferred, fail, gatherResults, succeed
+from twisted.internet.defer import Deferred, gatherResults, succeed
+from twisted.internet.error import ConnectionClosed
 from twisted.internet.interfaces import (
-    IAddress,
     IOpenSSLClientConnectionCreator,
     IReactorTime,
     IStreamClientEndpoint,
+    ITransport,
 )
-from twisted.internet.protocol import Factory
 from twisted.python.failure import Failure
 
 from .._reactor import default_reactor
+from ..stats import Histogram
+from .resp import ReplyError, RespFactory, RespProtocol
 from .url import RedisAddress
 
 __all__ = [
@@ -66,35 +65,6 @@ def info_field(info: object, name: str) -> str | None:
     return None
 
 
-def _txredisapi() -> Any:
-    """
-    Import txredisapi on first use: it imports the global reactor at import
-    time, and importing this package must not.
-    """
-    import txredisapi  # untyped: see ignore_missing_imports
-
-    return txredisapi
-
-
-class _LinkFactory(Factory):
-    """Builds txredisapi protocols that leave every reply as Redis sent it."""
-
-    # No "Starting factory" lines at each connection attempt.
-    noisy = False
-
-    def __init__(self, protocol_class: Any) -> None:
-        self._protocol_class = protocol_class
-
-    def buildProtocol(self, addr: IAddress | None) -> Any:
-        # convertNumbers=False: txredisapi would otherwise turn a payload such
-        # as "007" or "1.50" into a number. No password or dbid either: its
-        # own login calls back into a pool factory this is not; Connections
-        # logs in.
-        proto = self._protocol_class(charset="utf-8", convertNumbers=False)
-        proto.factory = self
-        return proto
-
-
 def endpoint_for(
     address: RedisAddress,
     clock: IReactorTime,
@@ -131,16 +101,19 @@ class Link:
     @ivar where: how this Redis is named in errors and logs.
     @ivar closed: the connection is gone, and every command still waiting
         for a reply has failed.
+    @param roundtrips: where each timed command's (or transaction's) round
+        trip is observed, in seconds; blocking reads are not timed.
     """
 
     def __init__(
         self,
-        proto: Any,
+        proto: RespProtocol,
         *,
         where: str,
         clock: IReactorTime,
         timeout: float,
         on_give_up: Callable[[str], object] | None = None,
+        roundtrips: Histogram | None = None,
     ) -> None:
         self.where = where
         self.closed = False
@@ -149,26 +122,26 @@ class Link:
         self._timeout = timeout
         self._on_give_up = on_give_up
         self._waiters: list[Deferred[None]] = []
-        # Not whenDisconnected(): txredisapi fires that before it fails the
-        # commands still waiting for replies, and "closed" must mean that
-        # those have failed too (a stop() that fired first would leave their
-        # timeouts pending).
-        connection_lost = proto.connectionLost
-
-        def lost(reason: Failure) -> None:
-            try:
-                connection_lost(reason)
-            finally:
-                self._lost()
-
-        proto.connectionLost = lost
+        # The protocol fails the commands still waiting before it calls
+        # on_lost, so "closed" means those have failed too (a stop() that
+        # fired first would leave their timeouts pending).
+        proto.on_lost = self._lost
+        if roundtrips is not None:
+            observe = roundtrips.observe
+            seconds = clock.seconds
+            proto.on_reply = lambda sent: observe(seconds() - sent)
 
     @property
     def connected(self) -> bool:
         """Open, so that a command can be written now."""
-        return not self.closed and bool(self._proto.connected)
+        return not self.closed and not self._proto.closed
 
-    def _lost(self) -> None:
+    @property
+    def transport(self) -> ITransport | None:
+        """The connection's transport."""
+        return self._proto.transport
+
+    def _lost(self, reason: Failure) -> None:
         self.closed = True
         waiters, self._waiters = self._waiters, []
         for d in waiters:
@@ -184,30 +157,51 @@ class Link:
 
     def abort(self) -> None:
         """Drop the connection now; commands waiting for replies fail."""
-        if not self.closed and self._proto.transport is not None:
-            self._proto.transport.abortConnection()
+        transport = self._proto.transport
+        if not self.closed and transport is not None:
+            transport.abortConnection()  # type: ignore[attr-defined]
 
     async def login(self, address: RedisAddress, name: str) -> None:
         """C{AUTH} and C{SELECT} as C{address} says, then C{CLIENT SETNAME name}."""
+        commands: list[list[Any]] = []
         if address.password is not None:
             user = [address.username] if address.username else []
-            await self.call("AUTH", *user, address.password)
+            commands.append(["AUTH", *user, address.password])
         if address.db:
-            await self.call("SELECT", address.db)
-        await self.call("CLIENT", "SETNAME", name)
+            commands.append(["SELECT", address.db])
+        commands.append(["CLIENT", "SETNAME", name])
+        # Pipelined: one round trip. Each reply is checked, in order, so a
+        # refused AUTH is the error reported.
+        replies = [
+            self._guard(d) for d in self._proto.pipeline(commands, sent=self._clock.seconds())
+        ]
+        try:
+            for d in replies:
+                await d
+        finally:
+            for d in replies:
+                d.addErrback(lambda _: None)
 
-    def call(self, *args: Any, timeout: float | None = None) -> Deferred[Any]:
+    def call(self, *args: Any, timeout: float | None = None, timed: bool = True) -> Deferred[Any]:
         """
         Send one command; its reply, or L{RedisUnavailable} when the
         connection fails or Redis does not answer within the timeout (the
         link's, unless C{timeout} is given), and L{RedisCommandError} when
-        Redis refuses it.
+        Redis refuses it. C{timed=False} keeps a blocking command out of the
+        round-trip measure.
         """
-        try:
-            d: Deferred[Any] = self._proto.execute_command(*args)
-        except Exception as e:
-            return fail(RedisUnavailable(f"not connected to Redis at {self.where}: {e}"))
-        return self._guard(d, timeout)
+        sent = self._clock.seconds() if timed else None
+        return self._guard(self._proto.execute(*args, sent=sent), timeout)
+
+    def pipeline(
+        self, commands: Sequence[Sequence[Any]], timeout: float | None = None
+    ) -> list[Deferred[Any]]:
+        """
+        Send C{commands} in one write (not a transaction: Redis runs them in
+        order, others may run between); a guarded Deferred per reply. Not
+        timed: it may hold a blocking read.
+        """
+        return [self._guard(d, timeout) for d in self._proto.pipeline(commands)]
 
     def transaction(
         self, commands: Sequence[Sequence[Any]], errors_ok: bool = False
@@ -217,17 +211,8 @@ class Link:
         of their replies. Errbacks with L{RedisCommandError} if any failed,
         unless C{errors_ok}: then a failed command's reply is its exception.
         """
-        proto = self._proto
-        queued: list[Deferred[Any]] = []
-        try:
-            queued.append(proto.execute_command("MULTI"))
-            queued.extend(proto.execute_command(*args) for args in commands)
-            committed: Deferred[Any] = proto.execute_command("EXEC")
-        except Exception as e:
-            # txredisapi refuses to write when not connected. A MULTI already
-            # written without its EXEC is discarded by Redis with the connection.
-            self.abort()
-            return fail(RedisUnavailable(f"not connected to Redis at {self.where}: {e}"))
+        sent = self._clock.seconds()
+        *queued, committed = self._proto.pipeline([["MULTI"], *commands, ["EXEC"]], sent=sent)
         for d in queued:
             # "QUEUED", or an error that EXEC reports as EXECABORT anyway.
             d.addErrback(lambda _: None)
@@ -250,7 +235,6 @@ class Link:
     def _guard(self, d: Deferred[Any], timeout: float | None = None) -> Deferred[Any]:
         limit = self._timeout if timeout is None else timeout
         d.addTimeout(limit, self._clock)
-        tx = _txredisapi()
 
         def failed(f: Failure) -> Failure:
             if f.check(defer.TimeoutError):
@@ -258,9 +242,9 @@ class Link:
                     self._on_give_up(f"no reply within {limit:g}s")
                 self.abort()
                 raise RedisUnavailable(f"no reply from Redis at {self.where} within {limit:g}s")
-            if f.check(tx.ResponseError):
+            if f.check(ReplyError):
                 raise self.refused(f.value)
-            if f.check(tx.ConnectionError):
+            if f.check(ConnectionClosed):
                 raise RedisUnavailable(f"lost the connection to Redis at {self.where}")
             return f
 
@@ -281,6 +265,7 @@ class Connections:
         reactor); the global one when C{None}.
     @param on_give_up: told why, when a link got no reply in time and was
         given up for it (see L{Link}).
+    @param roundtrips: where the links observe their round trips.
     @ivar where: how this Redis is named in errors and logs (never with a
         password).
     """
@@ -294,6 +279,7 @@ class Connections:
         tls: IOpenSSLClientConnectionCreator | None = None,
         reactor: Any = None,
         on_give_up: Callable[[str], object] | None = None,
+        roundtrips: Histogram | None = None,
     ) -> None:
         self.address = address
         self.where = str(endpoint) if endpoint is not None else str(address)
@@ -302,11 +288,13 @@ class Connections:
         self._tls = tls
         self._reactor = reactor
         self._on_give_up = on_give_up
+        self._roundtrips = roundtrips
         self._links: set[Link] = set()
 
-    async def open(self, role: str, timeout: float) -> Link:
+    async def open(self, role: str, timeout: float, login: bool = True) -> Link:
         """
-        A new link, connected and logged in within C{timeout} seconds per step.
+        A new link, connected (and, unless C{login=False}, logged in) within
+        C{timeout} seconds per step.
 
         @raise RedisUnavailable: when the connection closed at once, or a
             reply did not come in time.
@@ -316,19 +304,29 @@ class Connections:
         endpoint = self._endpoint
         if endpoint is None:
             endpoint = self._endpoint = endpoint_for(self.address, clock, timeout, self._tls)
-        connecting = endpoint.connect(_LinkFactory(_txredisapi().RedisProtocol))
+        connecting = endpoint.connect(RespFactory())
         connecting.addTimeout(timeout, clock)
-        proto: Any = await connecting
-        if not proto.connected:
+        proto: RespProtocol = await connecting  # type: ignore[assignment]  # RespFactory's
+        if proto.closed:
             raise RedisUnavailable(f"the connection to Redis at {self.where} closed at once")
         link = Link(
-            proto, where=self.where, clock=clock, timeout=timeout, on_give_up=self._on_give_up
+            proto,
+            where=self.where,
+            clock=clock,
+            timeout=timeout,
+            on_give_up=self._on_give_up,
+            roundtrips=self._roundtrips,
         )
         # Held from now on, so that close() drops it while it logs in too.
         self._links.add(link)
         link.when_closed().addCallback(lambda _: self._links.discard(link))
-        await link.login(self.address, f"{self._name}-{role}")
+        if login:
+            await self.login(link, role)
         return link
+
+    async def login(self, link: Link, role: str) -> None:
+        """Log C{link} in as this client's C{role}."""
+        await link.login(self.address, f"{self._name}-{role}")
 
     def abort(self) -> None:
         """Drop every link now."""

@@ -2,8 +2,10 @@
 This node's place in the stream: the cursor, the mirror, and whether
 anything unread was lost.
 
-Each read is a C{MULTI} of C{XRANGE cursor cursor} and a non-blocking
-C{XREAD} after the cursor. Streams are trimmed from their oldest end, so
+Each read is an C{XREAD} after the cursor and an C{XRANGE cursor cursor}:
+the first one after (re)connecting a C{MULTI} of the two, non-blocking;
+then, while connected, a blocking C{XREAD} with the C{XRANGE} pipelined
+behind it (L{StreamReader.read_blocking}). Streams are trimmed from their oldest end, so
 "the cursor's entry is still there" proves that nothing after it was trimmed
 unread; when it is gone, the stream's counters (C{XINFO STREAM}) decide. On
 Redis 7 and later the check is exact (C{entries-added}); before 7, a cursor
@@ -15,7 +17,6 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
-from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
 from ..event import Event
@@ -91,23 +92,41 @@ class StreamReader:
             return entries, None
         return await self._read_checked(link, cursor, count)
 
-    def wait(self, link: Link, block_ms: int, timeout: float) -> Deferred[Any]:
+    async def read_blocking(
+        self, link: Link, count: int, block_ms: int, timeout: float
+    ) -> tuple[list[Any], Gap | None]:
         """
-        Fires when the stream has news after the cursor, or after
-        C{block_ms}: only a wake-up; what is read comes from L{read}, which
-        also checks that nothing was lost.
+        The entries after the cursor (at most C{count}), waiting up to
+        C{block_ms} for some, and the gap before them if entries were lost:
+        L{read}'s answer in one round trip while nothing is lost.
+
+        One write holds C{XREAD COUNT BLOCK} and, behind it, C{XRANGE cursor
+        cursor}. Redis runs a connection's commands in order, so the
+        C{XRANGE} runs once the read has returned: the cursor's entry still
+        being there I{after} the read proves it was there during it, so
+        nothing between it and what was read was trimmed (streams are
+        trimmed from their oldest end, and a trimmed entry never comes back).
+        Otherwise L{_read_checked} decides, reading again.
         """
-        return link.call(
-            "XREAD",
-            "COUNT",
-            1,
-            "BLOCK",
-            block_ms,
-            "STREAMS",
-            self.stream,
-            self.cursor,
+        cursor = self.cursor
+        assert cursor is not None
+        read, check = link.pipeline(
+            [
+                ["XREAD", "COUNT", count, "BLOCK", block_ms, "STREAMS", self.stream, cursor],
+                ["XRANGE", self.stream, cursor, cursor, "COUNT", 1],
+            ],
             timeout=timeout,
         )
+        try:
+            reply = await read
+        except BaseException:
+            check.addErrback(lambda _: None)
+            raise
+        held = await check
+        entries = _entries(reply)
+        if held or (cursor == "0-0" and not entries):
+            return entries, None
+        return await self._read_checked(link, cursor, count)
 
     def take(self, entry_id: str, fields: Any) -> Event | None:
         """

@@ -156,9 +156,9 @@ def test_non_ascii_cors_origin() -> None:
 
 
 def test_redis_without_the_extra(tmp_path: Path) -> None:
-    """--redis where txredisapi cannot be imported: one line naming the extra to install."""
+    """--redis where hiredis cannot be imported: one line naming the extra to install."""
     # As on an install without the extra: the module is known to be missing.
-    (tmp_path / "sitecustomize.py").write_text("import sys\nsys.modules['txredisapi'] = None\n")
+    (tmp_path / "sitecustomize.py").write_text("import sys\nsys.modules['hiredis'] = None\n")
     ended = run("--redis", "redis://127.0.0.1:6379/0", env={"PYTHONPATH": str(tmp_path)})
     refused(ended, re.escape("--redis needs the 'redis' extra: pip install 'sse-twisted[redis]'"))
 

@@ -10,10 +10,13 @@ from typing import Any
 
 import pytest
 from prometheus_client import generate_latest
-from twisted.internet.defer import Deferred, fail
+from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.error import ConnectionLost
 from twisted.internet.interfaces import IStreamClientEndpoint
 from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
 from twisted.logger import LogLevel
+from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from sse_twisted.broker import SSEBroker
@@ -306,3 +309,157 @@ def test_metrics_expose_the_relay_link_and_its_counters() -> None:
     bus.stop()
     plain = generate_latest(metrics_registry(SSEBroker(reactor=clock, heartbeat=0))).decode()
     assert "sse_relay" not in plain
+
+
+class AbortableTransport(StringTransport):
+    """A StringTransport whose abortConnection ends the connection, as a socket's does."""
+
+    def abortConnection(self) -> None:
+        super().abortConnection()
+        if self.protocol is not None and not getattr(self, "lost", False):
+            self.lost = True
+            self.protocol.connectionLost(Failure(ConnectionLost("aborted")))
+
+
+@implementer(IStreamClientEndpoint)
+class StringEndpoint:
+    """Each attempt connects at once, to a StringTransport the test answers for Redis."""
+
+    def __init__(self) -> None:
+        self.connections: list[tuple[Any, AbortableTransport]] = []
+
+    def connect(self, factory: Any) -> Deferred[Any]:
+        proto = factory.buildProtocol(None)
+        transport = AbortableTransport()
+        proto.makeConnection(transport)
+        transport.protocol = proto
+        self.connections.append((proto, transport))
+        return succeed(proto)
+
+
+def test_a_connection_lost_while_logging_in_is_a_failed_attempt(
+    redis_log: list[dict[str, Any]],
+) -> None:
+    """
+    The publishing connection lost while the session is prepared (logging
+    in) fails that attempt, quietly for ClientService (whose state machine
+    has no transition for a loss before it holds a connection): retried
+    after the backoff, one warning for the outage.
+    """
+    clock = Clock()
+    endpoint = StringEndpoint()
+    bus = RedisBus("redis://:pw@h:1/0", reactor=clock, endpoint=endpoint)
+    bus.start()
+    ((proto, transport),) = endpoint.connections
+    assert transport.value().startswith(b"*2\r\n$4\r\nAUTH\r\n$2\r\npw\r\n")  # prepareConnection
+    proto.connectionLost(Failure(ConnectionLost("reset while logging in")))
+    assert not bus.ready
+    (retry,) = clock.getDelayedCalls()
+    assert retry.getTime() - clock.seconds() <= bus.initial_backoff
+    clock.advance(bus.initial_backoff)
+    assert len(endpoint.connections) == bus.connect_attempts == 2
+    warned = [e for e in redis_log if e["log_level"] >= LogLevel.warn]
+    assert len(warned) == 1 and "unreachable" in warned[0]["log_format"]
+    bus.stop()
+    assert clock.getDelayedCalls() == []
+
+
+def test_a_refused_login_drops_the_connection_and_retries(
+    redis_log: list[dict[str, Any]],
+) -> None:
+    """
+    Redis refusing AUTH fails the attempt: its connection is dropped (not
+    left open beside the next one) and the next attempt comes after the
+    backoff; the warning gives Redis's reason.
+    """
+    clock = Clock()
+    endpoint = StringEndpoint()
+    bus = RedisBus("redis://:bad@h:1/0", reactor=clock, endpoint=endpoint)
+    bus.start()
+    ((proto, transport),) = endpoint.connections
+    proto.dataReceived(b"-WRONGPASS invalid username-password pair\r\n-NOAUTH\r\n")
+    assert transport.disconnecting
+    (retry,) = clock.getDelayedCalls()
+    (warned,) = [e for e in redis_log if e["log_level"] >= LogLevel.warn]
+    assert "WRONGPASS" in warned["reason"]
+    clock.advance(retry.getTime() - clock.seconds())
+    assert len(endpoint.connections) == 2
+    bus.stop()
+    assert clock.getDelayedCalls() == []
+
+
+def bulk(text: str) -> bytes:
+    data = text.encode()
+    return b"$%d\r\n%s\r\n" % (len(data), data)
+
+
+def array(*items: bytes) -> bytes:
+    return b"*%d\r\n" % len(items) + b"".join(items)
+
+
+def entry(stream_id: str, data: str) -> bytes:
+    return array(bulk(stream_id), array(bulk("channel"), bulk("c"), bulk("data"), bulk(data)))
+
+
+def answer_session(endpoint: StringEndpoint, first: int, newest: str, rebuild: bool) -> None:
+    """
+    Play Redis for one session's preparation: log both connections in,
+    INFO, the rebuild at the first connection (a stream whose newest entry
+    is C{newest}), the first read (nothing after C{newest}).
+    """
+    publisher, _ = endpoint.connections[first]
+    publisher.dataReceived(b"+OK\r\n")  # CLIENT SETNAME
+    reader, _ = endpoint.connections[first + 1]
+    reader.dataReceived(b"+OK\r\n")  # CLIENT SETNAME
+    reader.dataReceived(bulk("# Server\r\nrun_id:abc\r\n"))  # INFO server
+    if rebuild:
+        info = array(bulk("length"), b":1\r\n", bulk("entries-added"), b":1\r\n")
+        reader.dataReceived(  # MULTI XREVRANGE XINFO EXEC
+            b"+OK\r\n+QUEUED\r\n+QUEUED\r\n" + array(array(entry(newest, "old")), info)
+        )
+    reader.dataReceived(  # MULTI XRANGE XREAD EXEC: the cursor held, nothing after it
+        b"+OK\r\n+QUEUED\r\n+QUEUED\r\n" + array(array(entry(newest, "old")), b"*-1\r\n")
+    )
+
+
+def test_link_metrics_on_a_clock() -> None:
+    """
+    On a Clock, with Redis played on StringTransports: connected turns 1 once
+    the session is prepared; a blocking read's entries are counted and the
+    read lag is the clock's time less the newest entry's (its stream id's
+    milliseconds); the round trips were observed (the blocking read not);
+    the link lost, connected is 0; back, one reconnect.
+    """
+    clock = Clock()
+    clock.advance(1.25)
+    endpoint = StringEndpoint()
+    bus = RedisBus("redis://h:1/0", reactor=clock, endpoint=endpoint)
+    broker = SSEBroker(relay=bus, history=bus.history, reactor=clock, heartbeat=0)
+    bus.start()
+    assert not bus.connected
+    answer_session(endpoint, 0, "500-0", rebuild=True)
+    assert bus.ready and bus.connected
+    timed = bus.roundtrips.count
+    assert timed >= 4  # SETNAME x2, INFO, rebuild, first read
+    reader, _ = endpoint.connections[1]
+    news = array(array(bulk("sse:events"), array(entry("1000-0", "a"), entry("1000-1", "b"))))
+    reader.dataReceived(news + array(entry("500-0", "old")))  # XREAD BLOCK, then XRANGE
+    assert bus.read_events == 2
+    assert bus.read_lag == pytest.approx(0.25)
+    assert bus.roundtrips.count == timed  # the blocking read is not a round trip
+    text = generate_latest(metrics_registry(broker)).decode()
+    assert "sse_redis_connected 1.0" in text
+    assert "sse_redis_read_events_total 2.0" in text
+    assert "sse_redis_read_lag_seconds 0.25" in text
+    assert f"sse_redis_roundtrip_seconds_count {float(timed)}" in text
+
+    publisher, transport = endpoint.connections[0]
+    transport.abortConnection()  # the publishing link lost: the session ends
+    assert not bus.connected and not bus.ready
+    assert "sse_redis_connected 0.0" in generate_latest(metrics_registry(broker)).decode()
+    clock.advance(bus.initial_backoff)
+    answer_session(endpoint, 2, "1000-1", rebuild=False)
+    assert bus.ready and bus.reconnects == 1
+    assert "sse_redis_reconnects_total 1.0" in generate_latest(metrics_registry(broker)).decode()
+    bus.stop()
+    assert clock.getDelayedCalls() == []

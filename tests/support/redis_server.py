@@ -17,6 +17,8 @@ import tempfile
 from collections.abc import Callable
 from typing import Any
 
+from twisted.internet.defer import Deferred
+
 from sse_twisted.event import Event
 from sse_twisted.redis import RedisBus
 
@@ -53,21 +55,22 @@ async def wait_until(
 
 async def redis_command(port: int, *args: Any, password: str | None = None, db: int = 0) -> Any:
     """Run one command on a fresh connection (through an endpoint) and close it."""
-    import txredisapi
     from twisted.internet.endpoints import TCP4ClientEndpoint
-    from twisted.internet.protocol import Factory
 
-    factory = Factory.forProtocol(lambda: txredisapi.RedisProtocol(convertNumbers=False))
+    from sse_twisted.redis.resp import RespFactory, RespProtocol
+
     endpoint = TCP4ClientEndpoint(global_reactor(), "127.0.0.1", port, timeout=5)
-    proto = await endpoint.connect(factory).addTimeout(5, global_reactor())
+    proto: RespProtocol = await endpoint.connect(RespFactory()).addTimeout(5, global_reactor())
     try:
         if password is not None:
-            await proto.execute_command("AUTH", password).addTimeout(5, global_reactor())
+            await proto.execute("AUTH", password).addTimeout(5, global_reactor())
         if db:
-            await proto.execute_command("SELECT", db).addTimeout(5, global_reactor())
-        return await proto.execute_command(*args).addTimeout(5, global_reactor())
+            await proto.execute("SELECT", db).addTimeout(5, global_reactor())
+        return await proto.execute(*args).addTimeout(5, global_reactor())
     finally:
-        closed = proto.whenDisconnected()
+        closed: Deferred[None] = Deferred()
+        proto.on_lost = lambda _: closed.callback(None)
+        assert proto.transport is not None
         proto.transport.loseConnection()
         await closed.addTimeout(5, global_reactor())
 

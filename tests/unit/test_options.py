@@ -75,8 +75,8 @@ def test_usable_ports_pass() -> None:
 
 
 def test_redis_without_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
-    """--redis without txredisapi is a usage error that names the extra to install."""
-    monkeypatch.setitem(sys.modules, "txredisapi", None)  # as if not installed
+    """--redis without hiredis is a usage error that names the extra to install."""
+    monkeypatch.setitem(sys.modules, "hiredis", None)  # as if not installed
     message = refused("--redis", "redis://127.0.0.1:6379/0")
     assert "pip install 'sse-twisted[redis]'" in message
 

@@ -10,7 +10,8 @@ from twisted.logger import formatEvent, globalLogPublisher
 from twisted.python import usage
 
 from sse_twisted._startup import non_default_options, options_line, redact_url
-from sse_twisted.redis.link import _LinkFactory
+from sse_twisted.redis.resp import RespFactory
+from sse_twisted.redis.session import SessionFactory
 from sse_twisted.resource import PageResource
 from sse_twisted.site import SSESite
 from sse_twisted.tap import Options, makeService
@@ -82,7 +83,7 @@ def test_secrets_are_redacted(monkeypatch: pytest.MonkeyPatch, tmp_path: object)
     Redis password are named but never written; a key read from its file
     (derived, not an option) is not listed.
     """
-    pytest.importorskip("txredisapi")
+    pytest.importorskip("hiredis")
     monkeypatch.setenv("SSE_PUBLISH_TOKEN", TOKEN)
     options = parse(
         "--jwt-secret", SECRET,
@@ -134,7 +135,8 @@ def test_factories_are_quiet() -> None:
     try:
         for factory in (
             SSESite(PageResource(b"ok", b"text/plain")),
-            _LinkFactory(object),
+            RespFactory(),
+            SessionFactory(),
         ):
             factory.doStart()
             factory.doStop()
