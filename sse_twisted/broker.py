@@ -30,8 +30,10 @@ from ._reactor import default_reactor
 from .ending import StreamEnds
 from .event import Event, InvalidItem, Item
 from .history import DEFAULT_HISTORY_BYTES, IHistory, MemoryHistory
+from .hooks import EndReports, OnSubscribe, OnUnsubscribe
 from .idempotency import DEFAULT_WINDOW, IIdempotency, MemoryIdempotency, publish_once
 from .index import SubscriberIndex
+from .lifetime import Lifetimes
 from .publishing import Published, Publishing
 from .relay import IRelay
 from .response import set_stream_headers, turn_away
@@ -98,6 +100,14 @@ class SSEBroker(Publishing, Service):
         in memory (C{0} or C{None}: keys are refused), or an
         L{sse_twisted.idempotency.IIdempotency} to keep them in (in Redis
         to share them between nodes).
+    @param on_subscribe: decides what each stream opened by a
+        L{StreamResource<sse_twisted.resource.StreamResource>} may receive,
+        and who holds it (L{sse_twisted.hooks}).
+    @param on_unsubscribe: told of each stream that ends, and why
+        (L{sse_twisted.hooks}).
+    @param max_lifetime: seconds after which a stream ends cleanly with a
+        C{retry:} so its client reconnects and resumes (jittered by ±10%;
+        C{0}: never; L{sse_twisted.lifetime}).
     """
 
     log = Logger()
@@ -120,6 +130,9 @@ class SSEBroker(Publishing, Service):
         close_timeout: float = 5.0,
         drain_timeout: float = 5.0,
         idempotency: float | IIdempotency | None = DEFAULT_WINDOW,
+        on_subscribe: OnSubscribe | None = None,
+        on_unsubscribe: OnUnsubscribe | None = None,
+        max_lifetime: float = 0,
     ) -> None:
         if queue_size < 1:
             raise ValueError(f"queue_size must be at least 1, got {queue_size}")
@@ -176,6 +189,14 @@ class SSEBroker(Publishing, Service):
             write_timeout=write_timeout,
             close_timeout=close_timeout,
             retry=self.jittered_retry,
+        )
+        #: The subscribe hook (L{sse_twisted.admission.admit} runs it).
+        self.on_subscribe = on_subscribe
+        self._reports = EndReports(on_unsubscribe, lambda: self.reactor) if on_unsubscribe else None
+        self._lifetimes = (
+            Lifetimes(max_lifetime, lambda: self.reactor, self._ends.retire)
+            if max_lifetime
+            else None
         )
         self._heartbeat: LoopingCall | None = None
         self._sweeper: LoopingCall | None = None
@@ -306,6 +327,10 @@ class SSEBroker(Publishing, Service):
 
     def _add(self, sub: Subscriber) -> None:
         self._index.add(sub)
+        if self._lifetimes is not None:
+            self._lifetimes.add(sub)
+        if self._reports is not None:
+            self._reports.opened(sub)
         if self._heartbeat is None and self.heartbeat_interval > 0:
             self._heartbeat = self._every(self.heartbeat_interval, self._beat)
         if self._sweeper is None and self.write_timeout > 0:
@@ -327,6 +352,10 @@ class SSEBroker(Publishing, Service):
     def _on_end(self, sub: Subscriber) -> None:
         """A stream is ending, whichever way: take it out of the index."""
         self._index.remove(sub)
+        if self._lifetimes is not None:
+            self._lifetimes.discard(sub)
+        if self._reports is not None:
+            self._reports.ended(sub)
         if self.log_clients:
             self.log.debug("SSE client {peer} gone", peer=sub.peer())
 
@@ -452,6 +481,8 @@ class SSEBroker(Publishing, Service):
                 timer.stop()
         self._heartbeat = self._sweeper = None
         self._ends.forget()
+        if self._lifetimes is not None:
+            self._lifetimes.stop()
 
     # Draining
 
