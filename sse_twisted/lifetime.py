@@ -6,8 +6,8 @@ behind a load balancer, streams spread over the nodes within one lifetime.
 
 Each stream's deadline is jittered by up to ±10% so that the streams opened
 together (a reconnection storm) do not all end together. Deadlines are kept
-in buckets of C{lifetime / 100} seconds, swept by one C{LoopingCall} per
-broker: no timer per stream (a C{callLater} each would be a heap entry and
+in buckets of C{lifetime / 100} seconds (at most a second), swept by one
+C{LoopingCall} per broker: no timer per stream (a C{callLater} each would be a heap entry and
 a C{DelayedCall} of ~300 bytes per stream, and cancelled on every early end).
 A stream then ends within one bucket of its deadline, and the deadlines are
 drawn so that this stays within [0.9, 1.1] x the lifetime.
@@ -28,8 +28,11 @@ __all__ = ["JITTER", "Lifetimes"]
 
 #: How far a deadline may be from the lifetime, as a fraction of it.
 JITTER = 0.1
-#: Buckets per lifetime: the sweep's period is C{lifetime / _BUCKETS}.
+#: Buckets per lifetime: the sweep's period is C{lifetime / _BUCKETS}...
 _BUCKETS = 100
+#: ... or at most this, so that streams opened together reconnect a few at a
+#: time (a sweep a second costs a look at the heap's top).
+_MAX_TICK = 1.0
 
 
 class Lifetimes:
@@ -54,7 +57,7 @@ class Lifetimes:
         if not lifetime > 0:
             raise ValueError(f"max_lifetime must be > 0 seconds, got {lifetime}")
         self.lifetime = lifetime
-        self.tick = lifetime / _BUCKETS
+        self.tick = min(lifetime / _BUCKETS, _MAX_TICK)
         self._clock = clock
         self._end = end
         self._random = random
