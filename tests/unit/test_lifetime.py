@@ -117,7 +117,7 @@ def test_streams_that_end_early_are_forgotten(clock: Clock) -> None:
 def test_deadlines_are_drawn_one_sweep_inside_the_band() -> None:
     """The extreme draws still end within [0.9, 1.1] x the lifetime, sweep period included."""
     for r in (0.0, 0.999999):
-        lt = Lifetimes(LIFETIME, lambda: Clock(), lambda sub: None, random=lambda r=r: r)
+        lt = Lifetimes(LIFETIME, lambda: Clock(), lambda sub: None, random=[r].pop)
         d = lt.deadline(0)
         assert d - lt.tick >= 0.9 * LIFETIME and d + lt.tick <= 1.1 * LIFETIME
 
