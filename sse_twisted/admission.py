@@ -35,6 +35,7 @@ from .hooks import Admission, HookFailed, RateLimitedLog, Refused
 
 __all__ = ["admit"]
 
+#: The admission's log (hook failures, rate-limited through L{warnings}).
 log = Logger()
 
 #: Whether this broker's C{subscribe} takes C{patterns=} (pattern
