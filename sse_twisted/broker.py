@@ -227,12 +227,16 @@ class SSEBroker(Publishing, Service):
 
     def stopService(self) -> Deferred[None]:
         """
-        Drain every stream (L{drain_timeout}), then stop the relay, then close
-        the history if it has a C{close} (L{sse_twisted.SQLiteHistory}: what
-        is pending is committed first).
+        Drain every stream (L{drain_timeout}), then hand their ends to
+        C{on_unsubscribe} (and wait for its C{flush()}, if it has one), then
+        stop the relay, then close the history if it has a C{close}
+        (L{sse_twisted.SQLiteHistory}: what is pending is committed first).
         """
         super().stopService()
         stopped = self.drain(self.drain_timeout)
+        reports = self._reports
+        if reports is not None:  # the drained streams' ends, before the process goes
+            stopped.addCallback(lambda _: reports.flush())
         relay = self.relay
         if relay is not None:
             stopped.addCallback(lambda _: relay.stop())

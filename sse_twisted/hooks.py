@@ -26,7 +26,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger
 
 from .subscriber import EndReason, Subscriber
@@ -185,6 +185,19 @@ class EndReports:
         self._pending.append((info, sub.end_reason or "gone"))
         if len(self._pending) == 1:
             clock.callLater(0, self._report)
+
+    def flush(self) -> Deferred[None]:
+        """
+        Report the ends that wait now, and fire once the hook has them out:
+        its own C{flush()} if it has one (L{sse_twisted.webhooks.
+        HTTPUnsubscribeHook} sends its batches), else at once.
+        """
+        self._report()
+        flush = getattr(self.hook, "flush", None)
+        if flush is None:
+            return succeed(None)
+        done: Deferred[None] = flush()
+        return done
 
     def _report(self) -> None:
         pending, self._pending = self._pending, []

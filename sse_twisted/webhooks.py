@@ -21,6 +21,8 @@ when 100 wait) as C{{"ended": [{"user": ..., "channels": ..., "patterns":
 ..., "peer": ..., "reason": ..., "seconds": ...}]}}, one POST at a time. At
 most 10,000 wait: beyond that, and for a batch the backend did not take
 (2xx), the reports are dropped and counted (L{HTTPUnsubscribeHook.dropped}).
+As the broker stops, the drained streams' reports are sent at once
+(L{HTTPUnsubscribeHook.flush}), for at most the timeout.
 
 Failures are logged at warn, at most once per 10 seconds each.
 """
@@ -222,6 +224,8 @@ class HTTPUnsubscribeHook:
         self._pending: list[dict[str, Any]] = []
         self._timer: Any = None
         self._sending = False
+        # flush(): send what waits now, one batch after the other.
+        self._flushing: list[Deferred[None]] = []
         #: Reports given up on: over C{max_pending}, or in a batch that failed.
         self.dropped = 0
         #: Reports the backend took.
@@ -252,10 +256,37 @@ class HTTPUnsubscribeHook:
         """Reports waiting to be sent."""
         return len(self._pending)
 
+    def flush(self) -> Deferred[None]:
+        """
+        Send every waiting report now (the server stops: its streams were
+        just drained); fires once they are sent, or after C{timeout}
+        seconds, when what still waits is dropped and counted.
+        """
+        done: Deferred[None] = Deferred()
+        self._flushing.append(done)
+        clock = default_reactor(self._reactor)
+        late = clock.callLater(self.timeout, self._give_up)
+        done.addBoth(lambda result: late.cancel() if late.active() else None)
+        self._schedule()
+        return done
+
+    def _give_up(self) -> None:
+        self.dropped += len(self._pending)
+        self._pending = []
+        self._flushed()
+
+    def _flushed(self) -> None:
+        waiting, self._flushing = self._flushing, []
+        for done in waiting:
+            done.callback(None)
+
     def _schedule(self) -> None:
-        if self._sending or not self._pending:
+        if self._sending:
             return
-        if len(self._pending) >= self.batch:
+        if not self._pending:
+            self._flushed()
+            return
+        if self._flushing or len(self._pending) >= self.batch:
             self._send()
         elif self._timer is None:
             self._timer = default_reactor(self._reactor).callLater(self.interval, self._send)

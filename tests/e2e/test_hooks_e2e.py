@@ -240,3 +240,17 @@ def test_streams_end_at_their_lifetime_and_resume_without_loss(
     received += [e.last_event_id for e in events(sub)]
     sub.close()
     assert received == published
+
+
+def test_streams_drained_at_stop_are_reported(
+    start: Callable[..., SSEServer], backend: Backend
+) -> None:
+    """On SIGTERM the streams are drained and their ends reach the backend before the exit."""
+    srv = start("--unsubscribe-hook", f"{backend.url}/ended")
+    subs = [RawSubscriber(srv, f"/events?channel=c{n}") for n in range(3)]
+    for sub in subs:
+        sub.read_until(b": connected")
+    srv.stop()
+    reports = backend.ended(3)
+    assert sorted(r["channels"][0] for r in reports) == ["c0", "c1", "c2"]
+    assert {r["reason"] for r in reports} == {"drained"}

@@ -274,3 +274,49 @@ def test_the_standalone_broker_reports_to_the_hook(clock: Clock) -> None:
     stub.flush()
     (body,) = backend.bodies
     assert body["ended"][0]["reason"] == "gone" and body["ended"][0]["seconds"] == 2.0
+
+
+def test_stopping_the_broker_sends_the_drained_streams_reports(clock: Clock) -> None:
+    """
+    Stopping drains every stream and then flushes the reports at once (not
+    a second later, when the process may be gone); the stop waits for them.
+    """
+    backend = Backend("hang")
+    hook, stub = reporter(clock, backend, batch=2, interval=1)
+    broker = SSEBroker(reactor=clock, heartbeat=0, on_unsubscribe=hook, drain_timeout=1)
+    site = make_site(make_resource(broker, demo=False), clock)
+    for _ in range(3):
+        Conn(site, b"/events")
+    stopped: list[object] = []
+    broker.stopService().addBoth(stopped.append)
+    clock.advance(0)
+    stub.flush()
+    assert [len(b["ended"]) for b in backend.bodies] == [2]  # a full batch at once
+    for _ in range(25):
+        clock.advance(0.05)  # the drain's polls, past its deadline: it is done
+    assert broker._drained is not None and broker._drained.called
+    assert stopped == []  # waiting for the reports
+    backend.answer = (204, b"")
+    backend.hung[0].finish()
+    stub.flush()  # the answer, then the next batch's
+    stub.flush()
+    assert [len(b["ended"]) for b in backend.bodies] == [2, 1]
+    assert {r["reason"] for b in backend.bodies for r in b["ended"]} == {"drained"}
+    assert stopped == [None] and hook.sent == 3
+    clock.advance(hook.timeout)
+    assert clock.getDelayedCalls() == []
+
+
+def test_a_flush_gives_up_after_the_timeout(clock: Clock) -> None:
+    """A backend that does not answer holds the stop for at most the hook timeout."""
+    backend = Backend("hang")
+    hook, stub = reporter(clock, backend, batch=1, timeout=3)
+    hook(ended("u1"), "drained")
+    hook(ended("u2"), "drained")
+    flushed: list[object] = []
+    hook.flush().addBoth(flushed.append)
+    stub.flush()
+    clock.advance(3)  # u1's POST times out, u2's goes; the flush gives up on it
+    assert flushed == [None] and hook.pending == 0 and hook.dropped == 1
+    clock.advance(3)
+    assert hook.dropped == 2 and clock.getDelayedCalls() == []
