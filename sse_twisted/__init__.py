@@ -18,6 +18,7 @@ from .cors import CORSPolicy
 from .durable import SQLiteHistory
 from .event import Event, InvalidItem, Item
 from .history import IHistory, MemoryHistory
+from .hooks import Admission, Ended, Refused
 from .limits import RateLimiter, SubscriberLimits
 from .logstream import LogStreamObserver
 from .parser import EventStreamParser, MessageEvent
@@ -32,8 +33,10 @@ from .stats import Stats
 from .subscriber import Subscriber
 
 __all__ = [
+    "Admission",
     "AllChannels",
     "CORSPolicy",
+    "Ended",
     "Event",
     "EventSource",
     "EventStreamParser",
@@ -51,6 +54,7 @@ __all__ = [
     "PublishResource",
     "Published",
     "RateLimiter",
+    "Refused",
     "SQLiteHistory",
     "SSEBroker",
     "SSEService",

@@ -32,8 +32,10 @@ from ._transport import coalesced
 from .ending import StreamEnds
 from .event import Event, InvalidItem, Item
 from .history import DEFAULT_HISTORY_BYTES, IHistory, MemoryHistory
+from .hooks import EndReports, OnSubscribe, OnUnsubscribe
 from .idempotency import DEFAULT_WINDOW, IIdempotency, MemoryIdempotency, publish_once
 from .index import SubscriberIndex
+from .lifetime import Lifetimes
 from .presence import Presence, PresenceTracker
 from .publishing import Published, Publishing
 from .relay import IRelay
@@ -101,6 +103,14 @@ class SSEBroker(Publishing, Service):
         in memory (C{0} or C{None}: keys are refused), or an
         L{sse_twisted.idempotency.IIdempotency} to keep them in (in Redis
         to share them between nodes).
+    @param on_subscribe: decides what each stream opened by a
+        L{StreamResource<sse_twisted.resource.StreamResource>} may receive,
+        and who holds it (L{sse_twisted.hooks}).
+    @param on_unsubscribe: told of each stream that ends, and why
+        (L{sse_twisted.hooks}).
+    @param max_lifetime: seconds after which a stream ends cleanly with a
+        C{retry:} so its client reconnects and resumes (jittered by ±10%;
+        C{0}: never; L{sse_twisted.lifetime}).
     """
 
     log = Logger()
@@ -123,6 +133,9 @@ class SSEBroker(Publishing, Service):
         close_timeout: float = 5.0,
         drain_timeout: float = 5.0,
         idempotency: float | IIdempotency | None = DEFAULT_WINDOW,
+        on_subscribe: OnSubscribe | None = None,
+        on_unsubscribe: OnUnsubscribe | None = None,
+        max_lifetime: float = 0,
     ) -> None:
         if queue_size < 1:
             raise ValueError(f"queue_size must be at least 1, got {queue_size}")
@@ -182,6 +195,14 @@ class SSEBroker(Publishing, Service):
             close_timeout=close_timeout,
             retry=self.jittered_retry,
         )
+        #: The subscribe hook (L{sse_twisted.admission.admit} runs it).
+        self.on_subscribe = on_subscribe
+        self._reports = EndReports(on_unsubscribe, lambda: self.reactor) if on_unsubscribe else None
+        self._lifetimes = (
+            Lifetimes(max_lifetime, lambda: self.reactor, self._ends.retire)
+            if max_lifetime
+            else None
+        )
         self._heartbeat: LoopingCall | None = None
         self._sweeper: LoopingCall | None = None
         self._draining = False
@@ -211,12 +232,16 @@ class SSEBroker(Publishing, Service):
 
     def stopService(self) -> Deferred[None]:
         """
-        Drain every stream (L{drain_timeout}), then stop the relay, then close
-        the history if it has a C{close} (L{sse_twisted.SQLiteHistory}: what
-        is pending is committed first).
+        Drain every stream (L{drain_timeout}), then hand their ends to
+        C{on_unsubscribe} (and wait for its C{flush()}, if it has one), then
+        stop the relay, then close the history if it has a C{close}
+        (L{sse_twisted.SQLiteHistory}: what is pending is committed first).
         """
         super().stopService()
         stopped = self.drain(self.drain_timeout)
+        reports = self._reports
+        if reports is not None:  # the drained streams' ends, before the process goes
+            stopped.addCallback(lambda _: reports.flush())
         relay = self.relay
         if relay is not None:
             stopped.addCallback(lambda _: relay.stop())
@@ -312,6 +337,10 @@ class SSEBroker(Publishing, Service):
     def _add(self, sub: Subscriber) -> None:
         self._index.add(sub)
         self.presence_tracker.add(sub)
+        if self._lifetimes is not None:
+            self._lifetimes.add(sub)
+        if self._reports is not None:
+            self._reports.opened(sub)
         if self._heartbeat is None and self.heartbeat_interval > 0:
             self._heartbeat = self._every(self.heartbeat_interval, self._beat)
         if self._sweeper is None and self.write_timeout > 0:
@@ -334,6 +363,10 @@ class SSEBroker(Publishing, Service):
         """A stream is ending, whichever way: take it out of the index."""
         self._index.remove(sub)
         self.presence_tracker.remove(sub)
+        if self._lifetimes is not None:
+            self._lifetimes.discard(sub)
+        if self._reports is not None:
+            self._reports.ended(sub)
         if self.log_clients:
             self.log.debug("SSE client {peer} gone", peer=sub.peer())
 
@@ -468,6 +501,8 @@ class SSEBroker(Publishing, Service):
                 timer.stop()
         self._heartbeat = self._sweeper = None
         self._ends.forget()
+        if self._lifetimes is not None:
+            self._lifetimes.stop()
 
     # Draining
 

@@ -78,9 +78,23 @@ class StreamEnds:
             return
         self.stats.expired += 1
         if sub.catching_up:
-            sub.abort()
+            sub.abort("expired")
             return
-        sub.close()
+        sub.close(reason="expired")
+        if not sub.closed():
+            self._clock().callLater(self.close_timeout, self._abort_if_open, sub)
+
+    def retire(self, sub: Subscriber) -> None:
+        """
+        The stream reached its lifetime (L{sse_twisted.lifetime}): end it as
+        a drain does, with everything it is owed and a jittered C{retry:}, so
+        its client reconnects (to any node) and resumes with no loss; aborted
+        if its bytes have not gone within C{close_timeout}.
+        """
+        if sub.ended:
+            return
+        self.stats.lifetimes += 1
+        sub.close(b"retry: %d\n\n" % self._retry(), reason="lifetime")
         if not sub.closed():
             self._clock().callLater(self.close_timeout, self._abort_if_open, sub)
 
@@ -143,7 +157,7 @@ class StreamEnds:
         subs = list(subscribers)
         for sub in subs:
             try:
-                sub.close(b"retry: %d\n\n" % self._retry())
+                sub.close(b"retry: %d\n\n" % self._retry(), reason="drained")
             except Exception:
                 self.log.failure("Error while closing an SSE stream")
         waiting = [s for s in subs if not s.closed()]

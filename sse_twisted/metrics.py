@@ -99,6 +99,7 @@ class BrokerCollector:
                 b.write_timeouts,
             ),
             ("sse_expired_streams", "Streams ended because their token expired.", b.expired),
+            ("sse_lifetime_ends", "Streams ended at --max-lifetime.", b.lifetimes),
         ]:
             yield CounterMetricFamily(name, help_text, value=value)
             old = _RENAMED.get(name)

@@ -7,12 +7,13 @@ Every refusal is the right 4xx/5xx with a JSON body C{{"error": "..."}}
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from twisted.web.resource import Resource
 from twisted.web.server import Request
 
 from .access import AllChannels
+from .admission import admit
 from .auth import Grant, InvalidToken, JWTAuth
 from .broker import SSEBroker
 from .cors import CORSPolicy
@@ -168,7 +169,8 @@ class StreamResource(Resource):
         if not channels and self.auth is not None and self.auth.private_patterns:
             allows = grant.may_subscribe if grant is not None else None
             readable = AllChannels(self.auth.is_private, allows)
-        result = self.broker.subscribe(
+        subscribe = self.broker.subscribe if self.broker.on_subscribe is None else self._admit
+        result = subscribe(
             request,
             channels,
             last_id,
@@ -180,6 +182,10 @@ class StreamResource(Resource):
         if limits is not None and not request.finished:
             limits.track(request)
         return result
+
+    def _admit(self, request: Request, *args: Any, **kwargs: Any) -> int:
+        """Subscribe through the broker's C{on_subscribe} hook (L{admit})."""
+        return admit(self.broker, request, *args, **kwargs)
 
     def _authorise(self, request: Request, channels: list[str]) -> Grant | None:
         auth = self.auth

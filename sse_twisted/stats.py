@@ -42,6 +42,8 @@ class Stats:
     write_timeouts: int = 0
     #: Streams ended because their token expired.
     expired: int = 0
+    #: Streams ended at their lifetime (--max-lifetime).
+    lifetimes: int = 0
 
 
 #: The upper bounds, in seconds, of L{Histogram}'s buckets by default: fixed

@@ -26,12 +26,17 @@ from .event import Event, reset_notice
 from .history import IHistory
 from .stats import Stats
 
-__all__ = ["OVERFLOW_POLICIES", "Overflow", "Subscriber"]
+__all__ = ["OVERFLOW_POLICIES", "EndReason", "Overflow", "Subscriber"]
 
 #: What a full queue does: drop the event, disconnect, or catch up from the history.
 Overflow = Literal["drop", "disconnect", "catchup"]
 #: Every L{Overflow} policy (what C{--overflow} accepts).
 OVERFLOW_POLICIES: tuple[Overflow, ...] = ("drop", "disconnect", "catchup")
+
+#: Why a stream ended (L{Subscriber.end_reason}, what C{on_unsubscribe} is
+#: told): the client left, the application closed it, the server drained,
+#: aborted it (slow, stalled), its token expired, or it reached its lifetime.
+EndReason = Literal["gone", "closed", "drained", "aborted", "expired", "lifetime"]
 
 #: Events fetched from the history per step while catching up.
 CATCHUP_BATCH = 64
@@ -81,7 +86,9 @@ class Subscriber:
         "_stats",
         "_write",
         "channels",
+        "end_reason",
         "fast",
+        "opened",
         "overflow",
         "queue_size",
         "readable",
@@ -128,6 +135,10 @@ class Subscriber:
         # Kept because the request forgets its channel once it finishes.
         self._channel = request.channel
         self.transport = getattr(self._channel, "transport", None)
+        #: Why it ended (set by L{end}); C{None} while open.
+        self.end_reason: EndReason | None = None
+        #: When it opened (the broker's clock), set only where someone asks (hooks).
+        self.opened = 0.0
 
     def __repr__(self) -> str:
         return f"<Subscriber channels={sorted(self.channels or ())!r} paused={self._paused}>"
@@ -348,16 +359,18 @@ class Subscriber:
 
     # Ending the stream
 
-    def end(self) -> bool:
+    def end(self, reason: EndReason = "gone") -> bool:
         """
         The one door every end of the stream goes through: leave the broker's
         index before anything else, so nothing more is sent.
 
+        @param reason: why, kept in L{end_reason} (the first one counts).
         @return: whether this call ended it (later calls are no-ops).
         """
         if self._ended:
             return False
         self._ended = True
+        self.end_reason = reason
         self._live = False
         self.fast = None
         self._on_end(self)
@@ -370,7 +383,7 @@ class Subscriber:
         """
         self.end()
 
-    def close(self, last: bytes = b"") -> None:
+    def close(self, last: bytes = b"", reason: EndReason = "closed") -> None:
         """
         End the stream cleanly: everything queued or owed from the history,
         then C{last}, then the end of the response, then close the connection
@@ -388,7 +401,7 @@ class Subscriber:
         # The history is read now, while the cursor still means something;
         # nothing published after this reaches the stream.
         owed = self._cursor is not None or bool(self._queue)
-        self.end()
+        self.end(reason)
         request = self.request
         if _transport.request_gone(request):  # finish() would raise
             return
@@ -410,7 +423,7 @@ class Subscriber:
         """Close an HTTP/2 connection none of whose streams is left."""
         _transport.close_idle_h2(self._channel)
 
-    def abort(self) -> None:
+    def abort(self, reason: EndReason = "aborted") -> None:
         """
         Drop the connection now, without flushing: for slow or stuck clients.
 
@@ -418,7 +431,7 @@ class Subscriber:
         reconnects and resumes from the history with C{Last-Event-ID}.
         """
         self._closing = True
-        self.end()
+        self.end(reason)
         self._cursor = None
         self._queue = None
         _transport.abort(self._channel, self.transport)

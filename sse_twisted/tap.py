@@ -45,6 +45,7 @@ from .publish import DEFAULT_MAX_BODY
 from .service import SSEService
 from .site import SSESite
 from .subscriber import OVERFLOW_POLICIES
+from .webhooks import HTTPSubscribeHook, HTTPUnsubscribeHook, hook_url
 
 __all__ = ["Options", "makeService"]
 
@@ -317,6 +318,38 @@ class Options(usage.Options):
             5.0,
             "Seconds to wait for Redis to connect or answer before a publish gets 503.",
             seconds("redis-timeout", positive=True),
+        ],
+        [
+            "subscribe-hook",
+            None,
+            None,
+            "POST each new stream's channels, patterns, peer and Cookie/Authorization/Origin "
+            "to this http(s) URL; it answers what to grant, or 401/403 (see the README).",
+            hook_url("subscribe-hook"),
+        ],
+        [
+            "unsubscribe-hook",
+            None,
+            None,
+            "POST the streams that ended (user, channels, reason, seconds), batched, "
+            "to this http(s) URL.",
+            hook_url("unsubscribe-hook"),
+        ],
+        [
+            "hook-timeout",
+            None,
+            5.0,
+            "Seconds a hook may take; a subscribe hook slower than that (or down) sends "
+            "the client away to retry later.",
+            seconds("hook-timeout", positive=True),
+        ],
+        [
+            "max-lifetime",
+            None,
+            0.0,
+            "End a stream cleanly after this many seconds (jittered by 10%); its client "
+            "reconnects and resumes with no loss. 0 turns it off.",
+            seconds("max-lifetime"),
         ],
     ]
 
@@ -617,6 +650,8 @@ def makeService(options: Options) -> IService:
         write_timeout=options["write-timeout"],
         drain_timeout=options["drain-timeout"],
         idempotency=(idempotency := idempotency_for(options, relay)),
+        max_lifetime=options["max-lifetime"],
+        **hooks_for(options),
     )
     auth = None
     if options["jwt-secret"] or options["jwt-public-key"]:
@@ -687,6 +722,17 @@ def makeService(options: Options) -> IService:
         opener.parent = service
         service.services.insert(0, opener)
     return service
+
+
+def hooks_for(options: Options) -> dict[str, Any]:
+    """The broker's hooks that C{--subscribe-hook} and C{--unsubscribe-hook} ask for."""
+    hooks: dict[str, Any] = {}
+    timeout = options["hook-timeout"]
+    if options["subscribe-hook"]:
+        hooks["on_subscribe"] = HTTPSubscribeHook(options["subscribe-hook"], timeout)
+    if options["unsubscribe-hook"]:
+        hooks["on_unsubscribe"] = HTTPUnsubscribeHook(options["unsubscribe-hook"], timeout)
+    return hooks
 
 
 class CannotOpenHistory(SystemExit, Exception):

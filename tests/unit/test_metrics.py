@@ -55,6 +55,7 @@ COUNTERS = {
     "sse_catchups_total": "catchups",
     "sse_write_timeouts_total": "write_timeouts",
     "sse_expired_streams_total": "expired",
+    "sse_lifetime_ends_total": "lifetimes",
 }
 
 

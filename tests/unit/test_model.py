@@ -20,7 +20,8 @@ pause and resume their producer like TCP. Its rules subscribe (one channel,
 several, all; with or without a Last-Event-ID), publish (data, text, batches,
 with and without ids), let clients read some or all of what is waiting, leave,
 and reconnect with their last id (as EventSource does, after an abort, a clean
-end or leaving), advance the clock (heartbeats, history TTL, drain polls) and
+end or leaving), advance the clock (heartbeats, history TTL, drain polls, the
+streams' lifetime when the run has C{max_lifetime}) and
 drain with a deadline, after which only clients act (a reconnect is turned
 away). After every step each
 client's bytes are dechunked and parsed with the project's parser and checked
@@ -119,6 +120,7 @@ class World:
         write_timeout: float = 0,
         tolerate: frozenset[str] = KNOWN_BUGS,
         standalone_site: bool = False,
+        max_lifetime: float = 0,
     ) -> None:
         self.tolerate = tolerate
         self.clock = Clock()
@@ -139,6 +141,7 @@ class World:
             history_ttl=ttl,
             history_bytes=history_bytes,
             write_timeout=write_timeout,
+            max_lifetime=max_lifetime,
         )
         self.queue_size = queue_size
         self.mark = mark
@@ -288,7 +291,7 @@ class World:
 
     def tally(self) -> None:
         """Say which paths this run took (--hypothesis-show-statistics)."""
-        b = self.broker
+        b = self.broker.stats
         for name in (
             "dropped",
             "slow_disconnects",
@@ -298,6 +301,7 @@ class World:
             "heartbeats",
             "expired",
             "write_timeouts",
+            "lifetimes",
         ):
             if getattr(b, name, 0):
                 event(f"path: {name}")
@@ -362,6 +366,7 @@ class StreamModel(RuleBasedStateMachine):
         history_bytes=st.sampled_from([0, 0, 400]),
         write_timeout=st.sampled_from([0, 0, 2.0]),
         standalone_site=st.booleans(),
+        max_lifetime=st.sampled_from([0, 0, 2.0, 5.0]),
     )
     def start(
         self,
@@ -376,6 +381,7 @@ class StreamModel(RuleBasedStateMachine):
         history_bytes: int,
         write_timeout: float,
         standalone_site: bool,
+        max_lifetime: float,
     ) -> None:
         """A broker with one overflow policy, and a first subscriber (else runs check little)."""
         if overflow == "catchup" and history is None:
@@ -391,6 +397,7 @@ class StreamModel(RuleBasedStateMachine):
             history_bytes=history_bytes,
             write_timeout=write_timeout,
             standalone_site=standalone_site,
+            max_lifetime=max_lifetime,
         )
         self.world.subscribe(channels)
 
@@ -630,4 +637,25 @@ def test_replay_cut_short_owes_the_rest_and_reconnects_without_replay() -> None:
     w.reconnect(s)
     w.read_up(s)
     assert s.transcript(w.ledger) == ["m-3", "m-4", "m-5", "m-7", "LEFT", "m-8"]
+    w.finish()
+
+
+def test_lifetime_end_is_clean_after_all_owed_and_the_resume_misses_nothing() -> None:
+    """
+    A stalled client with events queued reaches its lifetime: it gets every
+    queued event, then a clean end; events published meanwhile reach it on
+    the reconnect with its Last-Event-ID, once each.
+    """
+    w = World(overflow="drop", queue_size=16, history=16, mark=250, max_lifetime=2.0)
+    s = w.subscribe(None)
+    for _ in range(6):
+        w.publish("a", 60, False, False, False)
+    assert s.current.subscriber is not None and s.current.subscriber.queued > 1
+    w.advance(2.2)
+    w.publish("b", 10, False, False, False)
+    w.read_up(s)
+    assert s.transcript(w.ledger) == [f"m-{n}" for n in range(1, 7)] + ["END"]
+    w.reconnect(s)
+    w.read_up(s)
+    assert s.transcript(w.ledger) == [f"m-{n}" for n in range(1, 7)] + ["END", "m-7"]
     w.finish()
