@@ -23,6 +23,8 @@ from .chunks import chunk_data
 
 ROOT = Path(__file__).resolve().parents[2]
 TWISTD = str(Path(sys.executable).with_name("twistd"))
+#: Seconds a server may take to start listening before the test fails.
+START_TIMEOUT = 60.0
 #: The line twistd logs once it listens; group 1 is the port.
 LISTENING = re.compile(r"listening on (?:IPv4Address\(.*?port=)?(\d+)")
 
@@ -155,7 +157,9 @@ class SSEServer(Process):
             env={"PYTHONUNBUFFERED": "1", **(env or {})},
         )
         try:
-            self.port = int(self.read_until(LISTENING).group(1))
+            # A bound, not a wait: on a loaded CI machine twistd's imports alone
+            # have taken over 15 s.
+            self.port = int(self.read_until(LISTENING, timeout=START_TIMEOUT).group(1))
         except BaseException:
             self.stop(signal.SIGKILL)
             raise
