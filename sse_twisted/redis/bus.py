@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import random
 from collections.abc import Callable, Sequence
+from contextlib import nullcontext
 from typing import Any
 
 from twisted.application.internet import ClientService, backoffPolicy
@@ -30,6 +31,7 @@ from twisted.python.failure import Failure
 from zope.interface import provider
 
 from .._reactor import default_reactor
+from .._transport import coalesced
 from ..event import Event, Item
 from ..relay import BatchTooLarge
 from ..stats import Histogram
@@ -457,6 +459,11 @@ class RedisBus:
         return batch
 
     def _deliver(self, entries: Sequence[Any]) -> None:
+        # The entries of one read go to each subscriber in one write.
+        with coalesced() if len(entries) > 1 else nullcontext():
+            self._deliver_each(entries)
+
+    def _deliver_each(self, entries: Sequence[Any]) -> None:
         for entry_id, fields in entries:
             if self._stopping:
                 # on_event stopped the bus: deliver no more.

@@ -518,3 +518,39 @@ async def test_stop_from_on_event(redis_server: RedisServer, nodes: Any) -> None
     await wait_until(lambda: [c for c in reactor.getDelayedCalls() if c not in before] == [])
     assert a.bus.connect_attempts == attempts
     assert not a.bus.ready
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_entries_of_one_read_go_to_a_subscriber_in_one_write(
+    redis_server: RedisServer, nodes: Any
+) -> None:
+    """
+    A batch stored in one MULTI is read back in one XREAD and written to
+    each subscriber in one write (the broker's coalescing, on the relay's
+    path too), in order.
+    """
+    from twisted.web.resource import Resource
+
+    from sse_twisted.parser import EventStreamParser
+    from sse_twisted.resource import StreamResource
+
+    from ..support.conn import Conn, make_site
+
+    node = await nodes(redis_server.url).ready()
+    broker = SSEBroker(relay=node.bus, heartbeat=0)
+    root = Resource()
+    root.putChild(b"events", StreamResource(broker))
+    conn = Conn(make_site(root, global_reactor()), b"/events?channel=news")
+    writes: list[bytes] = []
+    original = conn.transport.write
+
+    def write(data: bytes) -> None:
+        writes.append(data)
+        original(data)
+
+    conn.transport.write = write  # type: ignore[method-assign]
+    ids = await publish(node, [item(n) for n in range(5)])
+    await wait_until(lambda: len(EventStreamParser().feed(conn.stream())) >= 5)
+    events = EventStreamParser().feed(conn.stream())
+    assert [e.last_event_id for e in events] == ids
+    assert len(writes) == 1
