@@ -94,16 +94,18 @@ class Matching:
     private). It answers C{in}, so the history filters with it on every
     path, as it does with a frozenset of channels.
 
+    It keeps no cache of its own (one per subscriber would cost more than
+    the rest of an idle stream): C{fnmatchcase} compiles each pattern once
+    for the process, C{allowed} caches its own decisions, and live delivery
+    does not ask it (the broker's index knows which patterns matched).
+
     @param channels: channels named outright (authorised by whoever
         subscribed: C{allowed} does not apply to them).
     @param patterns: the glob patterns.
     @param allowed: the channels the patterns may bring in; C{None}: any.
     """
 
-    __slots__ = ("_cache", "allowed", "channels", "patterns")
-
-    #: Decisions kept before the cache starts over.
-    CACHE_SIZE = 256
+    __slots__ = ("allowed", "channels", "patterns")
 
     def __init__(
         self,
@@ -114,7 +116,6 @@ class Matching:
         self.channels = channels
         self.patterns = patterns
         self.allowed = allowed
-        self._cache: dict[str, bool] = {}
 
     def __repr__(self) -> str:
         return f"<Matching channels={sorted(self.channels)!r} patterns={sorted(self.patterns)!r}>"
@@ -124,14 +125,7 @@ class Matching:
             return False
         if channel in self.channels:
             return True
-        cache = self._cache
-        decision = cache.get(channel)
-        if decision is None:
-            allowed = self.allowed
-            decision = any(fnmatchcase(channel, p) for p in self.patterns) and (
-                allowed is None or channel in allowed
-            )
-            if len(cache) >= self.CACHE_SIZE:
-                cache.clear()
-            cache[channel] = decision
-        return decision
+        allowed = self.allowed
+        return any(fnmatchcase(channel, p) for p in self.patterns) and (
+            allowed is None or channel in allowed
+        )

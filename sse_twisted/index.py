@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Collection, Iterable, Iterator
 from fnmatch import fnmatchcase
+from typing import cast
 
 from . import _transport
 from .access import Matching, literal_prefix
@@ -245,25 +246,27 @@ class SubscriberIndex:
     def _mixed(self, channel: str, matched: tuple[str, ...]) -> list[Subscriber]:
         """
         The mixed pattern subscribers that receive C{channel}: each once,
-        however many of its patterns and channels match, and only if it may
-        read it (the same decision as on every other path).
+        however many of its patterns and channels match; those that name it
+        outright, and those a matching pattern brings in if their
+        L{Matching.allowed} lets it in (the decision every other path takes
+        through L{Subscriber.may_read}).
         """
-        candidates = [self.mixed_by_channel.get(channel)]
+        named = self.mixed_by_channel.get(channel)
         mixed = self.mixed_by_pattern
-        candidates += [mixed.get(pattern) for pattern in matched]
-        groups = [group for group in candidates if group]
+        groups = [group for group in map(mixed.get, matched) if group]
+        out = list(named) if named else []
         if not groups:
-            return []
-        if len(groups) == 1:
-            return [s for s in groups[0] if s.may_read(channel)]
-        seen: set[Subscriber] = set()
-        out = []
+            return out
+        seen = set(out) if out or len(groups) > 1 else None
         for group in groups:
             for sub in group:
-                if sub not in seen:
+                if seen is not None:
+                    if sub in seen:
+                        continue
                     seen.add(sub)
-                    if sub.may_read(channel):
-                        out.append(sub)
+                allowed = cast(Matching, sub.readable).allowed
+                if allowed is None or channel in allowed:
+                    out.append(sub)
         return out
 
     def count(self, channel: str | None = None) -> int:
