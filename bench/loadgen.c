@@ -212,6 +212,9 @@ static conn_t *conns;
 static int opt_conns = 100, opt_stalled = 0, opt_channels = 0, opt_max_pending = 128;
 static long opt_expect = 0;
 static const char *opt_path = "/events";
+/* --param NAME --suffix S: subscribe with ?NAME=ch<k>S (e.g. pattern, and a glob
+   suffix); publish to ch<k>S (the publisher's own --suffix). */
+static const char *opt_param = "channel", *opt_suffix = "";
 static int epfd;
 static int started, pending, n_connected, n_failed, n_closed, n_stalled_ok;
 static int readers_connected, readers_warm, readers_complete;
@@ -680,9 +683,9 @@ static void on_connect(conn_t *c, int idx) {
         snprintf(lei, sizeof lei, "Last-Event-ID: %.*s\r\n", (int)c->last_id_len, c->last_id);
     if (opt_channels > 0)
         len = snprintf(reqbuf, sizeof reqbuf,
-                       "GET %s?channel=ch%d HTTP/1.1\r\nHost: %s:%d\r\nAccept: text/event-stream\r\n"
+                       "GET %s?%s=ch%d%s HTTP/1.1\r\nHost: %s:%d\r\nAccept: text/event-stream\r\n"
                        "Cache-Control: no-cache\r\n%s\r\n",
-                       opt_path, idx % opt_channels, opt_host, opt_port, lei);
+                       opt_path, opt_param, idx % opt_channels, opt_suffix, opt_host, opt_port, lei);
     else
         len = snprintf(reqbuf, sizeof reqbuf,
                        "GET %s HTTP/1.1\r\nHost: %s:%d\r\nAccept: text/event-stream\r\n"
@@ -1022,7 +1025,7 @@ static void p_send(pconn_t *pc, int idx) {
     char chan[64];
     if (opt_channels > 0) {
         long k = opt_rr ? (p_sent % opt_channels) : (long)(xorshift() % (uint64_t)opt_channels);
-        snprintf(chan, sizeof chan, "ch%ld", k);
+        snprintf(chan, sizeof chan, "ch%ld%s", k, opt_suffix);
     } else {
         snprintf(chan, sizeof chan, "%s", opt_channel);
     }
@@ -1206,8 +1209,9 @@ static void usage(void) {
     fprintf(stderr,
             "usage: loadgen sub --port P [--host H] [--conns N] [--stalled S] [--channels M] [--expect E]\n"
             "                   [--max-pending K] [--src a,b] [--path /events] [--time-limit SEC] [--wait-go]\n"
+            "                   [--param channel|pattern] [--suffix S]   (with --channels: ?PARAM=ch<k>S)\n"
             "       loadgen pub --port P [--host H] [--count N] [--rate R] [--size B] [--conns K]\n"
-            "                   [--channel C | --channels M [--rr]] [--event E] [--warm] [--time-limit SEC]\n");
+            "                   [--channel C | --channels M [--rr] [--suffix S]] [--event E] [--warm] [--time-limit SEC]\n");
     exit(2);
 }
 
@@ -1231,6 +1235,8 @@ int main(int argc, char **argv) {
         else if (OPT("--max-pending")) opt_max_pending = atoi(v);
         else if (OPT("--src")) opt_src = (char *)v;
         else if (OPT("--path")) opt_path = v;
+        else if (OPT("--param")) opt_param = v;
+        else if (OPT("--suffix")) opt_suffix = v;
         else if (OPT("--time-limit")) opt_time_limit = atof(v);
         else if (OPT("--count")) opt_count = atol(v);
         else if (OPT("--rate")) opt_rate = atof(v);

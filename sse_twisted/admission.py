@@ -17,10 +17,9 @@ C{subscribe} does).
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Container, Iterable
 from fnmatch import fnmatchcase
-from typing import Any, Literal
+from typing import Literal
 
 from twisted.internet.defer import maybeDeferred
 from twisted.logger import Logger
@@ -38,10 +37,6 @@ __all__ = ["admit"]
 #: The admission's log (hook failures, rate-limited through L{warnings}).
 log = Logger()
 
-#: Whether this broker's C{subscribe} takes C{patterns=} (pattern
-#: subscriptions): until it does, a hook that grants patterns fails.
-_TAKES_PATTERNS = "patterns" in inspect.signature(SSEBroker.subscribe).parameters
-
 #: Hook failures come in storms (a backend down, every client retrying).
 warnings = RateLimitedLog(log)
 
@@ -57,6 +52,7 @@ def admit(
     expires: float | None = None,
     replay: int | Literal["all"] = 0,
     user: str | None = None,
+    envelope: bool = False,
 ) -> int:
     """
     Ask C{broker.on_subscribe} what to grant C{request}, then subscribe it
@@ -82,9 +78,6 @@ def admit(
             and (asked or asked_patterns or admission.channels is not None or admission.patterns)
         ):
             raise Refused(403, "none of the channels asked for may be subscribed to")
-        if pats and not _TAKES_PATTERNS:
-            raise HookFailed("on_subscribe granted patterns, which this server cannot subscribe to")
-        extra: dict[str, Any] = {"patterns": pats} if pats else {}
         broker.subscribe(
             request,
             chans,
@@ -93,7 +86,8 @@ def admit(
             expires=expires,
             replay=replay,
             user=admission.user if admission.user is not None else user,
-            **extra,
+            patterns=pats,
+            envelope=envelope,
         )
 
     def failed(failure: Failure) -> None:

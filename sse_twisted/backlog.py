@@ -67,10 +67,12 @@ class Backlog:
             items.append(_Gap())
         return first
 
-    def write_to(self, write: Callable[[bytes], object], stop: Callable[[], bool]) -> bool:
+    def write_to(
+        self, write: Callable[[bytes], object], stop: Callable[[], bool], envelope: bool = False
+    ) -> bool:
         """
         Write what is held, in order (a drop notice for each gap), until
-        C{stop()} says the writer is full.
+        C{stop()} says the writer is full; as envelopes with C{envelope}.
 
         @return: whether everything was written.
         """
@@ -79,8 +81,8 @@ class Backlog:
             item = items.popleft()
             if type(item) is _Gap:
                 self.dropped -= item.count
-                write(dropped_notice(item.count))
+                write(dropped_notice(item.count, envelope))
             else:
                 self.held -= 1
-                write(item.frame)  # type: ignore[union-attr]
+                write(item.envelope if envelope else item.frame)  # type: ignore[union-attr]
         return not items

@@ -29,6 +29,7 @@ from twisted.web.server import NOT_DONE_YET, Request
 
 from ._reactor import default_reactor
 from ._transport import coalesced
+from .access import Matching, validate_pattern
 from .ending import StreamEnds
 from .event import Event, InvalidItem, Item
 from .history import DEFAULT_HISTORY_BYTES, IHistory, MemoryHistory
@@ -262,6 +263,8 @@ class SSEBroker(Publishing, Service):
         expires: float | None = None,
         replay: int | Literal["all"] = 0,
         user: str | None = None,
+        patterns: Iterable[str] | None = None,
+        envelope: bool = False,
     ) -> int:
         """
         Turn C{request} into an event stream and hold it open.
@@ -280,6 +283,12 @@ class SSEBroker(Publishing, Service):
             ends: it then leaves the index at once and ends (cleanly with
             what it was owed before, else aborted so it resumes elsewhere).
         @param user: who holds the stream (a JWT's C{sub}), for presence and hooks.
+        @param patterns: glob patterns (C{fnmatchcase}, as a JWT's grants):
+            also receive every channel they match. Then C{readable} (if
+            given) is what they may bring in: a pattern never widens it.
+        @param envelope: send every event (and notice) as a JSON envelope
+            naming its channel (L{sse_twisted.event.envelope_frame}).
+        @raise ValueError: for a bad pattern.
         @param replay: without C{last_event_id} (which takes precedence),
             first send the newest C{replay} events the history holds on
             these channels (C{"all"}: every one; C{0}: none), then the live
@@ -294,8 +303,16 @@ class SSEBroker(Publishing, Service):
             raise ValueError(f"replay must be 'all' or an integer >= 0, got {replay!r}")
         if self._draining:
             return turn_away(request, "draining, reconnect later", self.jittered_retry())
-        set_stream_headers(request)
         wanted = frozenset(channels) if channels else None
+        if isinstance(patterns, str):
+            raise TypeError("patterns must be an iterable of str, not a str")
+        globs = frozenset(validate_pattern(p) for p in patterns) if patterns else None
+        if globs is not None:
+            wanted = wanted or frozenset()
+            readable = Matching(wanted, globs, readable)
+        elif wanted is not None:
+            readable = None
+        set_stream_headers(request)
         sub = Subscriber(
             request,
             wanted,
@@ -304,8 +321,10 @@ class SSEBroker(Publishing, Service):
             history=self.history,
             stats=self.stats,
             on_end=self._end_hook,
-            readable=readable if wanted is None else None,
+            readable=readable,
             user=user,
+            patterns=globs,
+            envelope=envelope,
         )
         self._add(sub)
         request.registerProducer(sub, True)
@@ -326,7 +345,7 @@ class SSEBroker(Publishing, Service):
             self.log.debug(
                 "SSE client {peer} subscribed to {channels}",
                 peer=request.getClientAddress(),
-                channels=sorted(wanted) if wanted else "all channels",
+                channels=sorted(wanted or ()) + sorted(globs or ()) or "all channels",
             )
         return NOT_DONE_YET
 

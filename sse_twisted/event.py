@@ -33,6 +33,7 @@ __all__ = [
     "InvalidItem",
     "Item",
     "dropped_notice",
+    "envelope_frame",
     "reset_notice",
     "validate_channel",
 ]
@@ -146,24 +147,69 @@ DROPPED_EVENT = "sse.dropped"
 RESET_EVENT = "sse.reset"
 
 
-def dropped_notice(count: int) -> bytes:
+def dropped_notice(count: int, envelope: bool = False) -> bytes:
     """
     The block that tells a client it missed C{count} events.
 
     A named event (not a comment) so that EventSource code can listen for it;
-    it carries no id, so the client's last event id is left as it was.
+    it carries no id, so the client's last event id is left as it was. With
+    C{envelope}, an envelope (L{envelope_frame}) with C{"channel": null}.
     """
-    return frame(f'{{"dropped":{count}}}', event=DROPPED_EVENT)
+    return _notice(DROPPED_EVENT, f'{{"dropped":{count}}}', envelope)
 
 
-def reset_notice(last_id: str, reason: str = "unknown-id") -> bytes:
+def reset_notice(last_id: str, reason: str = "unknown-id", envelope: bool = False) -> bytes:
     """
     The block that tells a client that events after C{last_id} may be lost:
     its id is not in the history (evicted, expired, or from an earlier run),
     or the relay lost events. What follows is live. No id, so the client's
-    last event id stays as it was.
+    last event id stays as it was. With C{envelope}, an envelope
+    (L{envelope_frame}) with C{"channel": null}.
     """
-    return frame(encode_json({"lastEventId": last_id, "reason": reason}), event=RESET_EVENT)
+    data = encode_json({"lastEventId": last_id, "reason": reason})
+    return _notice(RESET_EVENT, data, envelope)
+
+
+def _notice(name: str, data: str, envelope: bool) -> bytes:
+    if envelope:
+        return envelope_frame(None, name, None, None, data, False)
+    return frame(data, event=name)
+
+
+def envelope_frame(
+    channel: str | None,
+    event: str | None,
+    id: str | None,
+    retry: int | None,
+    payload: str,
+    text: bool | None,
+) -> bytes:
+    """
+    An event as an envelope: a plain C{message} event (no C{event:} line, so
+    EventSource's C{onmessage} sees every one, whatever its name) whose data
+    is C{{"channel": ..., "event": ..., "id": ..., "data": ...}}, or
+    C{"text": "..."} in place of C{"data"} for a text event. The C{id:} and
+    C{retry:} lines stay, so resuming and the reconnection delay work as
+    without the envelope.
+
+    The payload is spliced in as it was encoded, not decoded and encoded
+    again. C{text} says what it is: C{None} (an event read back from storage
+    that does not keep it: SQLite, Redis entries from older writers) means
+    JSON if it parses as JSON, text otherwise.
+    """
+    if text is None:
+        try:
+            json.loads(payload)
+        except ValueError:
+            text = True
+        else:
+            text = False
+    body = encode_json(payload) if text else payload
+    head = (
+        f'{{"channel":{encode_json(channel)},"event":{encode_json(event)},'
+        f'"id":{encode_json(id)},"{"text" if text else "data"}":'
+    )
+    return frame(head + body + "}", id=id, retry=retry)
 
 
 class InvalidItem(ValueError):
@@ -201,6 +247,9 @@ class Item:
     id: str | None = None
     #: Publish this at most once per key (see L{sse_twisted.idempotency}).
     idempotency_key: str | None = None
+    #: Whether C{payload} is text (C{True}) or JSON (C{False}); C{None}: not
+    #: known (read back from storage). Only envelopes tell them apart.
+    text: bool | None = field(default=None, compare=False)
 
     @classmethod
     def create(
@@ -269,7 +318,7 @@ class Item:
                 f"idempotency key must be 1 to {MAX_IDEMPOTENCY_KEY_LENGTH} visible ASCII"
                 f" characters (no spaces), got {ascii(idempotency_key)[:80]}"
             )
-        return cls(channel, event, payload, retry, id, idempotency_key)
+        return cls(channel, event, payload, retry, id, idempotency_key, text is not None)
 
     @classmethod
     def from_mapping(cls, item: Mapping[str, Any], index: int | None = None) -> Item:
@@ -325,7 +374,12 @@ class Item:
             id = self.id
         event, retry = self.event, self.retry
         return Event(
-            self.channel, event, id, retry, frame(self.payload, id=id, event=event, retry=retry)
+            self.channel,
+            event,
+            id,
+            retry,
+            frame(self.payload, id=id, event=event, retry=retry),
+            self.text,
         )
 
 
@@ -377,6 +431,24 @@ class Event:
     id: str | None
     retry: int | None
     frame: bytes = field(repr=False)
+    #: Whether the payload is text (see L{Item.text}); C{None}: not known.
+    text: bool | None = field(default=None, repr=False, compare=False)
+    _envelope: bytes | None = field(default=None, init=False, repr=False, compare=False)
+
+    @property
+    def envelope(self) -> bytes:
+        """
+        The event as an envelope (L{envelope_frame}), for the subscribers
+        that ask for one (C{?envelope=1}): framed the first time one needs
+        it, live or from the history, then kept with the event.
+        """
+        framed = self._envelope
+        if framed is None:
+            framed = envelope_frame(
+                self.channel, self.event, self.id, self.retry, self.data, self.text
+            )
+            object.__setattr__(self, "_envelope", framed)
+        return framed
 
     @property
     def data(self) -> str:

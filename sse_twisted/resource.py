@@ -12,7 +12,7 @@ from typing import Any, Literal
 from twisted.web.resource import Resource
 from twisted.web.server import Request
 
-from .access import AllChannels
+from .access import AllChannels, validate_pattern
 from .admission import admit
 from .auth import Grant, InvalidToken, JWTAuth
 from .broker import SSEBroker
@@ -31,14 +31,16 @@ __all__ = [
 ]
 
 
-def _query_channels(request: Request) -> list[str]:
+def _query_channels(request: Request, name: bytes = b"channel") -> list[str]:
     """
-    The C{channel} query parameters, validated.
+    The C{channel} (or C{pattern}) query parameters, validated.
 
     Empty values are ignored: as in the original broker, C{?channel=} means
     every channel.
     """
-    raw = request.args.get(b"channel", []) if request.args else []
+    raw = request.args.get(name, []) if request.args else []
+    what = name.decode()
+    check = validate_channel if name == b"channel" else validate_pattern
     channels: list[str] = []
     for value in raw:
         if not value:
@@ -46,13 +48,22 @@ def _query_channels(request: Request) -> list[str]:
         try:
             channel = value.decode("utf-8")
         except UnicodeDecodeError:
-            raise HTTPError(400, "channel must be UTF-8") from None
+            raise HTTPError(400, f"{what} must be UTF-8") from None
         try:
-            validate_channel(channel)
+            check(channel)
         except ValueError as e:
             raise HTTPError(400, str(e)) from None
         channels.append(channel)
     return channels
+
+
+def _envelope(request: Request) -> bool:
+    """C{?envelope=1}: events as JSON envelopes; C{0} or empty: as published; else 400."""
+    values = request.args.get(b"envelope") if request.args else None
+    raw = values[-1] if values else b""
+    if raw not in (b"", b"0", b"1"):
+        raise HTTPError(400, "envelope must be 1 (events as JSON envelopes) or 0")
+    return raw == b"1"
 
 
 #: Longest C{Last-Event-ID} looked up: the longest id an event may have.
@@ -151,11 +162,19 @@ class StreamResource(Resource):
             if request.method != b"GET":
                 raise method_not_allowed(b"GET")
             channels = _query_channels(request)
+            patterns = _query_channels(request, b"pattern")
             limits = self.limits
-            if limits is not None and limits.max_channels and len(channels) > limits.max_channels:
+            if (
+                limits is not None
+                and limits.max_channels
+                and len(channels) + len(patterns) > limits.max_channels
+            ):
                 raise HTTPError(
-                    400, f"at most {limits.max_channels} channels per subscription (--max-channels)"
+                    400,
+                    f"at most {limits.max_channels} channels and patterns per subscription"
+                    " (--max-channels)",
                 )
+            envelope = _envelope(request)
             last_id = _last_event_id(request)
             replay = _replay(request)
             grant = self._authorise(request, channels)
@@ -166,7 +185,9 @@ class StreamResource(Resource):
             if refusal is not None:
                 return self.broker.turn_away(request, refusal)
         readable = None
-        if not channels and self.auth is not None and self.auth.private_patterns:
+        if (patterns or not channels) and self.auth is not None and self.auth.private_patterns:
+            # Every channel, or what the patterns match: the private ones
+            # only as far as the token grants them.
             allows = grant.may_subscribe if grant is not None else None
             readable = AllChannels(self.auth.is_private, allows)
         subscribe = self.broker.subscribe if self.broker.on_subscribe is None else self._admit
@@ -178,6 +199,8 @@ class StreamResource(Resource):
             expires=grant.expires if grant is not None else None,
             replay=replay,
             user=grant.subject if grant is not None else None,
+            patterns=patterns,
+            envelope=envelope,
         )
         if limits is not None and not request.finished:
             limits.track(request)

@@ -68,6 +68,10 @@ class Subscriber:
     @param stats: the broker's counters, which it counts into.
     @param on_end: called once, when the stream starts to end.
     @param user: who holds the stream (a JWT's C{sub}), if known.
+    @param patterns: the channel patterns it receives besides C{channels}
+        (then C{readable} is an L{sse_twisted.access.Matching}).
+    @param envelope: send every event as an envelope (L{Event.envelope}),
+        notices too.
     """
 
     log = Logger()
@@ -87,9 +91,11 @@ class Subscriber:
         "_write",
         "channels",
         "end_reason",
+        "envelope",
         "fast",
         "opened",
         "overflow",
+        "patterns",
         "queue_size",
         "readable",
         "request",
@@ -109,12 +115,18 @@ class Subscriber:
         on_end: Callable[[Subscriber], object],
         readable: Container[str] | None = None,
         user: str | None = None,
+        patterns: frozenset[str] | None = None,
+        envelope: bool = False,
     ) -> None:
         self.request = request
         #: Who holds the stream (a JWT's C{sub}), if known.
         self.user = user
         #: The channels this subscriber receives, or C{None} for all of them.
         self.channels = channels
+        #: The patterns it receives (besides C{channels}), or C{None}.
+        self.patterns = patterns
+        #: Whether it gets envelopes (C{?envelope=1}) rather than the frames.
+        self.envelope = envelope
         self.readable: Container[str] | None = channels if readable is None else readable
         self.queue_size = queue_size
         self.overflow = overflow
@@ -185,7 +197,7 @@ class Subscriber:
             history, or refused because the stream is ending).
         """
         if self._live:
-            self._write(event.frame)
+            self._write(event.envelope if self.envelope else event.frame)
             return True
         if self._cursor is not None or self._ended:
             return False
@@ -213,7 +225,7 @@ class Subscriber:
         """
         if self._ended:
             return False
-        self._write(reset_notice(last_id, reason))
+        self._write(reset_notice(last_id, reason, self.envelope))
         return True
 
     def _overflowed(self, queue: Backlog) -> None:
@@ -260,7 +272,8 @@ class Subscriber:
     def _set_live(self, live: bool) -> None:
         live = live and not self._ended
         self._live = live
-        self.fast = self._chunk_writer if live else None
+        # The fan-out's shared chunk holds the frame: envelopes take send().
+        self.fast = self._chunk_writer if live and not self.envelope else None
 
     def _replay(self, count: int | None) -> None:
         """
@@ -273,8 +286,9 @@ class Subscriber:
         assert self._history is not None
         write = self._write
         stats = self._stats
+        envelope = self.envelope
         for event in self._history.latest(self.readable, count):
-            write(event.frame)
+            write(event.envelope if envelope else event.frame)
             stats.replayed += 1
             if self._paused:
                 assert event.id is not None
@@ -293,7 +307,7 @@ class Subscriber:
             # be read from this id.
             self._cursor = None
             self._stats.resets += 1
-            self._write(reset_notice(last_id))
+            self._write(reset_notice(last_id, envelope=self.envelope))
             return
         self._flush()
 
@@ -324,7 +338,9 @@ class Subscriber:
         """
         queue = self._queue
         if queue is not None:
-            if not queue.write_to(self._write, lambda: self._paused and not force):
+            if not queue.write_to(
+                self._write, lambda: self._paused and not force, envelope=self.envelope
+            ):
                 return
             self._queue = None
         while self._cursor is not None and (force or not self._paused):
@@ -343,15 +359,16 @@ class Subscriber:
         if batch is None:
             self._cursor = None
             self._stats.resets += 1
-            self._write(reset_notice(cursor))
+            self._write(reset_notice(cursor, envelope=self.envelope))
             return
         if not batch:
             self._cursor = None
             return
         write = self._write
         stats = self._stats
+        envelope = self.envelope
         for event in batch:
-            write(event.frame)
+            write(event.envelope if envelope else event.frame)
             stats.replayed += 1
             self._cursor = event.id
             if self._paused and not force:

@@ -57,8 +57,11 @@ ALL_SCENARIOS = [
     "channels",
     "subscribe",
     "storm",
+    "patterns",
     *REDIS_SCENARIOS,
 ]
+#: Scenarios only sse_twisted can run (no peer has pattern subscriptions).
+SSE_ONLY_SCENARIOS = ["patterns"]
 PAD_100B = 64  # pad length that makes an event's JSON data about 100 bytes
 
 # Scenario sizes; a pair is (full run, --quick smoke run), a single value is both.
@@ -83,6 +86,13 @@ _SIZES: dict[str, dict[str, Any]] = {
         "control": 10,
     },
     "subscribe": {"conns": (5000, 500)},
+    # Issue #14: as many pattern subscribers as channels' (each pattern matches one channel).
+    "patterns": {
+        "conns": (10000, 2000),
+        "channels": (1000, 200),
+        "events": (2000, 500),
+        "pad": PAD_100B,
+    },
     # 200 events/s to all 5,000 would be 1 M deliveries/s, 8 s of CPU a second even at
     # sse_twisted's burst cost: no server here carries it. Round robin over 50 channels
     # keeps 200/s through the server (and its history: 1,000 events = 5 s) at 20,000

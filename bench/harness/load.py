@@ -37,6 +37,8 @@ class LoadSub:
         src: str | None = None,
         max_pending: int = 48,
         wait_go: bool = False,
+        param: str = "channel",
+        suffix: str = "",
     ) -> None:
         args = [str(LOADGEN), "sub"]
         args += _options(
@@ -50,6 +52,8 @@ class LoadSub:
         )
         if src:
             args += _options(src=src)
+        if channels and (param != "channel" or suffix):
+            args += _options(param=param, suffix=suffix)
         if wait_go:
             args.append("--wait-go")
         self.proc = subprocess.Popen(
@@ -206,14 +210,18 @@ def run_pub(
     conns: int = 1,
     time_limit: float = 60,
     seed: int = 1,
+    suffix: str = "",
 ) -> dict[str, Any]:
-    """Publish `count` events (one POST each) and return the publisher's RESULT."""
+    """Publish `count` events (one POST each) and return the publisher's RESULT; with
+    `channels`, to ch<k><suffix>."""
     args = [str(LOADGEN), "pub"]
     args += _options(
         port=port, count=count, rate=rate, size=pad, conns=conns, time_limit=time_limit, seed=seed
     )
     if channels:
         args += _options(channels=channels)
+        if suffix:
+            args += _options(suffix=suffix)
     if rr:
         args.append("--rr")
     if warm:
@@ -232,7 +240,7 @@ def run_pub(
     raise RuntimeError(f"publisher gave no result: rc={r.returncode} {r.stderr[-300:]}")
 
 
-def warm_up(subs: Subs, port: int, channels: int = 0, tries: int = 8) -> bool:
+def warm_up(subs: Subs, port: int, channels: int = 0, tries: int = 8, suffix: str = "") -> bool:
     """Publish unmeasured events until every connected reader has seen one.
 
     Proves each subscription is live before anything is measured: a server may
@@ -240,7 +248,14 @@ def warm_up(subs: Subs, port: int, channels: int = 0, tries: int = 8) -> bool:
     """
     for i in range(tries):
         run_pub(
-            port, max(1, channels), channels=channels, rr=True, warm=True, time_limit=30, seed=i + 1
+            port,
+            max(1, channels),
+            channels=channels,
+            rr=True,
+            warm=True,
+            time_limit=30,
+            seed=i + 1,
+            suffix=suffix,
         )
         if subs.wait_all("WARM", 1.0 + i):
             return True
@@ -260,6 +275,8 @@ def connect(
     src_base: int = 0,
     ports: list[int] | None = None,
     at_once: bool = False,
+    param: str = "channel",
+    suffix: str = "",
 ) -> tuple[Subs, float, dict[str, int]]:
     """Open `conns` streams over `procs` load processes; return when all resolved.
 
@@ -283,6 +300,8 @@ def connect(
                 src=src,
                 max_pending=n if at_once else 48,
                 wait_go=at_once,
+                param=param,
+                suffix=suffix,
             )
         )
     group = Subs(subs)

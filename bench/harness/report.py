@@ -61,6 +61,15 @@ COLUMNS: dict[str, list[Column]] = {
         _CPU_PER_EVENT,
         _DELIVERED,
     ],
+    "patterns": [
+        ("cpu_us_per_event_channels", "CPU µs/delivered event, channels", ".2f"),
+        ("cpu_us_per_event", "CPU µs/delivered event, patterns", ".2f"),
+        ("ratio", "patterns/channels", ".2f"),
+        ("cpu_us_per_publish_channels", "CPU µs/publish, channels", ".1f"),
+        ("cpu_us_per_publish", "CPU µs/publish, patterns", ".1f"),
+        ("delivered_pct_channels", "delivered % channels", ".1f"),
+        _DELIVERED,
+    ],
     "subscribe": [
         ("subscribe_s", "all subscribed s", ".3f"),
         ("sub_p50_ms", "p50 ms", ".1f"),
@@ -103,6 +112,9 @@ DESCRIPTIONS = {
     "then a burst of {events} events",
     "channels": "channels: {conns} subscribers over {channels} channels, {events} events each to one random "
     "channel; control = {control} subscribers on one channel alone",
+    "patterns": "patterns: {conns} subscribers on {channels} distinct patterns (ch<k>/*, each matching "
+    "one channel ch<k>/x) against {conns} on {channels} plain channels, on one server one after the other; "
+    "{events} events each to one random channel; target: patterns/channels ≤ 1.5",
     "subscribe": "subscribe: {conns} clients open at once; time from the first connect to the last client's "
     "headers, per-client p50/p99, server CPU per subscribe",
     "storm": "reconnect storm: {conns} subscribers over {channels} channels, {rate} events/s round robin; "

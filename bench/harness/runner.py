@@ -8,7 +8,15 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .config import DEFAULT_QUEUE, REDIS_SCENARIOS, REDIS_SETUPS, RESULTS, ROOT, log
+from .config import (
+    DEFAULT_QUEUE,
+    REDIS_SCENARIOS,
+    REDIS_SETUPS,
+    RESULTS,
+    ROOT,
+    SSE_ONLY_SCENARIOS,
+    log,
+)
 from .profiling import profile
 from .report import progress_line, render
 from .scenarios import SCENARIOS
@@ -76,6 +84,8 @@ def run_all(
     t_start = time.monotonic()
     for sc in scenarios:
         names = REDIS_SETUPS if sc in REDIS_SCENARIOS else servers
+        if sc in SSE_ONLY_SCENARIOS:
+            names = [name for name in servers if name.startswith("sse_twisted")]
         plan = [(rnd, name) for rnd in range(1, rounds[sc] + 1) for name in names]
         for rnd, name in plan:
             if time.monotonic() - t_start > max_minutes * 60:

@@ -30,6 +30,7 @@ def _publish_measured(
     total: int | None = None,
     channels: int = 0,
     seed: int = 1,
+    suffix: str = "",
 ) -> tuple[Usage, dict[str, Any], bool, Usage]:
     """Reset the counters, publish `p["events"]` events and wait for their delivery, both
     bounded by `timeout`; return the server's usage before, the publisher's result,
@@ -37,7 +38,13 @@ def _publish_measured(
     subs.reset(total)
     u0 = Usage(srv.pid)
     pub = run_pub(
-        srv.port, p["events"], pad=p["pad"], channels=channels, time_limit=timeout, seed=seed
+        srv.port,
+        p["events"],
+        pad=p["pad"],
+        channels=channels,
+        time_limit=timeout,
+        seed=seed,
+        suffix=suffix,
     )
     complete = subs.wait_delivered(timeout=timeout, stall=stall)
     return u0, pub, complete, Usage(srv.pid)
@@ -233,6 +240,77 @@ def sc_channels(srv: Server, p: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def _fan_out(
+    srv: Server, p: dict[str, Any], *, param: str, suffix: str, pub_suffix: str
+) -> dict[str, Any]:
+    """`conns` subscribers, each on one of `channels` channels (`?param=ch<k><suffix>`),
+    `events` events each to one random channel (`ch<k><pub_suffix>`): CPU per delivered
+    event."""
+    subs, dt, _ = connect(
+        srv.port,
+        p["conns"],
+        channels=p["channels"],
+        time_limit=240,
+        connect_timeout=120,
+        param=param,
+        suffix=suffix,
+    )
+    try:
+        warm = warm_up(subs, srv.port, channels=p["channels"], suffix=pub_suffix)
+        time.sleep(0.3)
+        per_channel = p["conns"] // p["channels"]
+        u0, pub, complete, u1 = _publish_measured(
+            srv,
+            subs,
+            p,
+            timeout=60,
+            total=p["events"] * per_channel,
+            channels=p["channels"],
+            seed=7,
+            suffix=pub_suffix,
+        )
+    finally:
+        res = subs.quit()
+    delivered = total(res, "events")
+    return {
+        "cpu_us_per_event": per((u1.cpu - u0.cpu) * 1e6, delivered),
+        "cpu_us_per_publish": per((u1.cpu - u0.cpu) * 1e6, pub.get("ok") or 0),
+        "events_per_s": per(delivered, span_s(res, pub) or 0),
+        "delivered_pct": 100.0 * delivered / (p["events"] * per_channel),
+        "held": total(res, "open_readers"),
+        "connect_s": dt,
+        "complete": complete,
+        "warm": warm,
+        "_raw": {"pub": pub, "subs": strip(res), "cpu_ns": [u0.cpu_ns, u1.cpu_ns]},
+    }
+
+
+def sc_patterns(srv: Server, p: dict[str, Any]) -> dict[str, Any]:
+    """Issue #14: `conns` subscribers on `channels` distinct patterns (`?pattern=ch<k>/*`,
+    each matching one published channel `ch<k>/x`) against as many on plain channels
+    (`?channel=ch<k>/x`), on the same server one after the other: CPU per delivered
+    event of each, and their ratio (target: within 1.5x). The warm-up reaches every
+    channel first, so the channel -> patterns cache is as in steady state."""
+    plain = _fan_out(srv, p, param="channel", suffix="/x", pub_suffix="/x")
+    time.sleep(0.3)
+    globbed = _fan_out(srv, p, param="pattern", suffix="/*", pub_suffix="/x")
+    a, b = plain["cpu_us_per_event"], globbed["cpu_us_per_event"]
+    return {
+        "cpu_us_per_event_channels": a,
+        "cpu_us_per_event": b,
+        "ratio": (b / a) if a and b else None,
+        "cpu_us_per_publish_channels": plain["cpu_us_per_publish"],
+        "cpu_us_per_publish": globbed["cpu_us_per_publish"],
+        "delivered_pct_channels": plain["delivered_pct"],
+        "delivered_pct": globbed["delivered_pct"],
+        "held": globbed["held"],
+        "connect_s": globbed["connect_s"],
+        "complete": plain["complete"] and globbed["complete"],
+        "warm": plain["warm"] and globbed["warm"],
+        "_raw": {"channels": plain, "patterns": globbed},
+    }
+
+
 #: Scenario name -> measurement; the redis-* pair gets a Cluster, the others a Server.
 SCENARIOS: dict[str, Callable[[Any, dict[str, Any]], dict[str, Any]]] = {
     "idle": sc_idle,
@@ -243,6 +321,7 @@ SCENARIOS: dict[str, Callable[[Any, dict[str, Any]], dict[str, Any]]] = {
     "channels": sc_channels,
     "subscribe": sc_subscribe,
     "storm": sc_storm,
+    "patterns": sc_patterns,
     "redis-burst": sc_burst,
     "redis-paced": sc_paced,
 }

@@ -141,6 +141,12 @@ def check_targets(runs: list[dict[str, Any]], servers: list[str], ref: str) -> l
             f"the control alone = {sc:.2f}, target ≤ 1.5 (≈ 1 when cost follows matching subscribers; "
             f"twisted-floor's dict index {fmt(fl, '.2f')}, go-gin's scan of all clients {fmt(go, '.2f')})"
         )
+    pr = med("patterns", ref, "ratio")
+    if pr is not None:
+        out.append(
+            f"{'PASS' if pr <= 1.5 else 'FAIL'}: patterns: CPU per delivered event on distinct patterns"
+            f" / on plain channels = {pr:.2f}, target ≤ 1.5"
+        )
     return out
 
 

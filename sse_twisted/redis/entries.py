@@ -8,6 +8,7 @@ apart. No Twisted, no connection: plain values in, plain values out.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 from ..event import Event, Item
@@ -34,6 +35,8 @@ def item_fields(item: Item) -> list[Any]:
         fields += ["event", item.event]
     if item.retry is not None:
         fields += ["retry", item.retry]
+    if item.text:
+        fields += ["text", "1"]  # for envelopes; absent: JSON, or an older writer's
     return fields
 
 
@@ -55,4 +58,4 @@ def entry_event(entry_id: str, fields: Any) -> Event:
         text=values.get("data", ""),
         retry=int(retry) if retry is not None else None,
     )
-    return item.framed(entry_id)
+    return replace(item, text=True if "text" in values else None).framed(entry_id)

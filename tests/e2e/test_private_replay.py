@@ -7,6 +7,7 @@ private event either), and the history is bounded in bytes.
 
 from __future__ import annotations
 
+import json
 import socket
 import time
 from collections.abc import Callable
@@ -176,4 +177,58 @@ def test_history_bounded_in_bytes(start: Callable[..., SSEServer]) -> None:
     (line,) = [ln for ln in text.decode().splitlines() if ln.startswith("sse_history_bytes ")]
     assert 32000 < float(line.split()[1]) <= 40000
     for sub in (old, recent):
+        sub.close()
+
+
+def test_pattern_subscriber_gets_no_private_event_on_any_path(
+    start: Callable[..., SSEServer],
+) -> None:
+    """
+    A pattern never widens what a token allows: GET /events?pattern=p* with
+    no token gets the public channels it matches and no private one, live,
+    on resume (Last-Event-ID) and on ?replay=; its Last-Event-ID header names
+    no private event. A token granting priv-x opens priv-x, and only it, on
+    the same paths; as envelopes, each names its channel.
+    """
+    srv = start(*PRIVATE)
+    first = srv.publish("pub", "story", "p0")["id"]
+    srv.publish("priv-x", "story", "secret-1")
+    newest_public = srv.publish("pub", "story", "p1")["id"]
+    srv.publish("priv-y", "story", "secret-y")
+    live = RawSubscriber(srv, "/events?pattern=p*")
+    resumed = RawSubscriber(srv, f"/events?pattern=p*&lastEventId={first}")
+    replayed = RawSubscriber(srv, "/events?pattern=p*&replay=all")
+    grant = token(subscribe=["priv-x"])
+    granted = RawSubscriber(srv, f"/events?pattern=p*&lastEventId={first}&token={grant}")
+    enveloped = RawSubscriber(
+        srv, f"/events?pattern=p*&lastEventId={first}&token={grant}&envelope=1"
+    )
+    for sub in (live, resumed, replayed, granted, enveloped):
+        sub.read_until(b"\r\n\r\n")
+    assert head_cursor(replayed) == newest_public
+    srv.publish("priv-x", "story", "secret-2")
+    srv.publish("pub", "story", "end")
+    assert [e.data for e in read_until_data(live, '"end"')] == ['"end"']
+    assert [e.data for e in read_until_data(resumed, '"end"')] == ['"p1"', '"end"']
+    assert [e.data for e in read_until_data(replayed, '"end"')] == ['"p0"', '"p1"', '"end"']
+    assert [e.data for e in read_until_data(granted, '"end"')] == [
+        '"secret-1"',
+        '"p1"',
+        '"secret-2"',
+        '"end"',
+    ]
+    deadline = time.monotonic() + 10
+    while b'"data":"end"' not in enveloped.data:
+        assert time.monotonic() < deadline, enveloped.data
+        enveloped.sock.settimeout(deadline - time.monotonic())
+        enveloped.data += enveloped.sock.recv(65536)
+    got = [json.loads(e.data) for e in events(enveloped)]
+    assert [(e["channel"], e["event"], e["data"]) for e in got] == [
+        ("priv-x", "story", "secret-1"),
+        ("pub", "story", "p1"),
+        ("priv-x", "story", "secret-2"),
+        ("pub", "story", "end"),
+    ]
+    assert all(e.type == "message" for e in events(enveloped))
+    for sub in (live, resumed, replayed, granted, enveloped):
         sub.close()

@@ -42,30 +42,44 @@ def test_demo_page_subscribes_shows_events_and_publishes(
     page: Any, start_server: Callable[..., SSEServer]
 ) -> None:
     """
-    The demo page subscribes one EventSource per picked channel and shows
-    each source open; an event published elsewhere appears once, labelled
-    with its channel, name, id and data; the page's own publish form
-    publishes JSON (under a name it then listens for) and text, shows the
-    server's answer, and shows a refusal's JSON error.
+    The demo page holds one envelope stream and shows every event with the
+    channel it came on: with nothing picked, all channels (the README's own
+    example event, named "story", shows with its channel "news"); then
+    channels and a pattern on the same one connection; an event published
+    elsewhere appears once, labelled with its channel, name, id and data;
+    the page's own publish form publishes JSON under any name and text,
+    shows the server's answer, and shows a refusal's JSON error.
     """
     server = start_server("--heartbeat", "1")
     page.goto(f"{server.base}/")
     assert page.title() == "sse_twisted demo"
-    # With no channel picked, the page starts on all channels, labelled "*".
-    page.locator('[data-testid=connection][data-channel="*"][data-state=open]').wait_for()
+    page.locator("[data-testid=connection][data-state=open]").wait_for()
+    assert page.get_by_test_id("connection").inner_text() == "all channels: open"
+
+    # The README's example, as its curl publishes it.
+    story = server.publish("news", "story", {"title": "hello"})
+    row = _row(page, id=story["id"])
+    row.wait_for()
+    cells = _cells(row)
+    assert (cells["channel"], cells["event"]) == ("news", "story")
+    assert json.loads(cells["data"]) == {"title": "hello"}
 
     page.get_by_label("Channels").fill("demo-a, demo-b")
+    page.get_by_label("Patterns").fill("orders/*")
     page.get_by_role("button", name="Subscribe").click()
-    for channel in ("demo-a", "demo-b"):
-        page.locator(
-            f'[data-testid=connection][data-channel="{channel}"][data-state=open]'
-        ).wait_for()
-    assert page.get_by_test_id("connection").count() == 2
-    assert page.get_by_test_id("connection").first.inner_text() == "demo-a: open"
+    page.locator(
+        '[data-testid=connection][data-channels="demo-a,demo-b"]'
+        '[data-patterns="orders/*"][data-state=open]'
+    ).wait_for()
+    assert page.get_by_test_id("connection").count() == 1
+    assert page.get_by_test_id("connection").inner_text() == "demo-a, demo-b, orders/*: open"
 
-    # Published from outside the page.
+    # Published from outside the page: a channel, and two the pattern matches.
     answer = server.publish("demo-a", "tick", {"n": 1, "s": "é漢字🙂"})
     server.publish("elsewhere", "tick", {"n": 2})
+    order = server.publish("orders/42", "created", {"total": 3})
+    for channel, name in (("orders/7", "paid"), ("orders/8", None)):
+        server.publish(channel, name, {"c": channel})
     row = _row(page, id=answer["id"])
     row.wait_for()
     cells = _cells(row)
@@ -74,8 +88,13 @@ def test_demo_page_subscribes_shows_events_and_publishes(
     assert cells["id"] == answer["id"]
     assert json.loads(cells["data"]) == {"n": 1, "s": "é漢字🙂"}
     assert re.search(r"\d", cells["time"])
+    row = _row(page, id=order["id"])
+    row.wait_for()
+    assert (_cells(row)["channel"], _cells(row)["event"]) == ("orders/42", "created")
+    _row(page, channel="orders/8", event="message").wait_for()
+    assert _row(page, channel="elsewhere").count() == 0
 
-    # The publish form, JSON data, under an event name not yet listened for.
+    # The publish form, JSON data, under a name the page was never told of.
     pub = page.get_by_test_id("publish-form")
     pub.get_by_label("Channel", exact=True).fill("demo-b")
     pub.get_by_label("Event name").fill("custom.evt")
@@ -89,7 +108,6 @@ def test_demo_page_subscribes_shows_events_and_publishes(
     cells = _cells(row)
     assert (cells["channel"], cells["event"]) == ("demo-b", "custom.evt")
     assert json.loads(cells["data"]) == {"msg": "hi from the form"}
-    assert "custom.evt" in page.get_by_label("Event names to listen for").input_value()
 
     # Text data without an event name: an unnamed ("message") multi-line event.
     pub.get_by_label("Event name").fill("")
@@ -121,16 +139,16 @@ def test_demo_page_subscribes_shows_events_and_publishes(
     error = json.loads(out.inner_text().split(": ", 1)[1])
     assert "channel must be 1 to 200 characters" in error["error"]
 
-    # Every event appeared once (one row per source that got it), newest first.
+    # Every event appeared once, newest first.
     ids = page.locator("tr[data-testid=event]").evaluate_all("rs => rs.map(r => r.dataset.id)")
-    assert len(ids) == len(set(ids)) == 3
-    assert ids[-1] == answer["id"]
+    assert len(ids) == len(set(ids)) == 7
+    assert ids[-1] == story["id"]
 
-    # Each channel holds one of the browser's 6 connections per server: capped.
-    page.get_by_label("Channels").fill("c1, c2, c3, c4, c5, c6")
+    # A subscription the server refuses (a bad pattern) is said, not silent.
+    page.get_by_label("Patterns").fill("bad\u0001")
     page.get_by_role("button", name="Subscribe").click()
-    assert "At most 5 channels" in page.get_by_test_id("subscribe-error").inner_text()
-    assert page.get_by_test_id("connection").count() == 2
+    page.locator("[data-testid=connection][data-state=closed]").wait_for()
+    assert "refused" in page.get_by_test_id("subscribe-error").inner_text()
     page.get_by_role("button", name="Disconnect").click()
     assert page.get_by_test_id("connection").count() == 0
 
@@ -139,26 +157,26 @@ def test_demo_page_shows_reconnecting_then_open_across_a_restart(
     page: Any, start_server: Callable[..., SSEServer]
 ) -> None:
     """
-    Each source's state follows the connection: open, then reconnecting while
+    The stream's state follows the connection: open, then reconnecting while
     the server is away, then open again; the new server's `sse.reset` shows
-    in the log.
+    in the log (an envelope with no channel).
     """
 
     port = free_port()
     first = start_server("--retry", "300", port=port)
     page.goto(f"{first.base}/?channels=r")
-    conn = page.locator('[data-testid=connection][data-channel="r"]')
-    page.locator('[data-testid=connection][data-channel="r"][data-state=open]').wait_for()
+    conn = page.locator('[data-testid=connection][data-channels="r"]')
+    page.locator('[data-testid=connection][data-channels="r"][data-state=open]').wait_for()
     answer = first.publish("r", "tick", {"n": 1})
     _row(page, id=answer["id"]).wait_for()
 
     first.stop()
-    page.locator('[data-testid=connection][data-channel="r"][data-state=reconnecting]').wait_for()
+    page.locator('[data-testid=connection][data-channels="r"][data-state=reconnecting]').wait_for()
     start_server("--retry", "300", port=port)
     page.locator(
-        '[data-testid=connection][data-channel="r"][data-state=open][data-opens="2"]'
+        '[data-testid=connection][data-channels="r"][data-state=open][data-opens="2"]'
     ).wait_for(timeout=20_000)
     assert conn.inner_text() == "r: open"
-    reset = _row(page, event="sse.reset")
+    reset = _row(page, event="sse.reset", channel="(server)")
     reset.wait_for()
     assert json.loads(_cells(reset)["data"])["lastEventId"] == answer["id"]

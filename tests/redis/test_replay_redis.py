@@ -6,6 +6,8 @@ ids are stream ids, so its cursor resumes on any node.
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from twisted.internet.task import Clock
 
@@ -82,3 +84,36 @@ def test_replay_on_another_node_then_live(redis: RedisServer, node) -> None:  # 
     assert datas(back) == ['"missed"']
     for s in (watcher, on_a, back):
         s.close()
+
+
+def test_pattern_subscribers_across_nodes_never_widen_the_token(redis: RedisServer, node) -> None:  # type: ignore[no-untyped-def]
+    """
+    With --redis and private channels: an anonymous ?pattern=p* on node B
+    gets the public events published on node A and no private one, live and
+    on resume (from B's mirror); as envelopes, every event names its channel
+    and keeps its stream id; the text kind travels through Redis.
+    """
+    private = ("--jwt-secret", "s3cret-s3cret-s3cret-s3cret-s3cr", "--private-channel", "priv*")
+    a, b = node(redis, *private), node(redis, *private)
+    live = RawSubscriber(b, "/events?pattern=p*&envelope=1")
+    live.read_until(b": connected")
+    first = a.publish("pub", "e", "p0")["id"]
+    a.publish("priv-x", "e", "secret")
+    status, _, _ = a.request("POST", "/publish", {"channel": "pub-2", "text": "[1]"})
+    assert status == 200
+    end = a.publish("pub", "e", "end")["id"]
+    live.read_until(end.encode() + b"\n")
+    live.read_until(b'"end"}\n\n')
+    got = [json.loads(e.data) for e in EventStreamParser().feed(live.body())]
+    assert [(g["channel"], g.get("data", g.get("text"))) for g in got] == [
+        ("pub", "p0"),
+        ("pub-2", "[1]"),
+        ("pub", "end"),
+    ]
+    assert "text" in got[1] and got[0]["id"] == first
+    resumed = RawSubscriber(b, "/events?pattern=p*", {"Last-Event-ID": first})
+    resumed.read_until(end.encode() + b"\n")
+    resumed.read_until(b'"end"\n\n')
+    assert datas(resumed) == ["[1]", '"end"']
+    for sub in (live, resumed):
+        sub.close()

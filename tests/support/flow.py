@@ -25,8 +25,10 @@ import json
 from bisect import bisect_right
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from fnmatch import fnmatchcase
 from io import BytesIO
 from typing import Any
+from urllib.parse import quote
 
 from twisted.internet.address import IPv4Address
 from twisted.internet.error import ConnectionDone, ConnectionLost
@@ -177,6 +179,7 @@ class Connection:
         mark: int,
         query: str = "",
         replay: str = "",
+        patterns: frozenset[str] | None = None,
     ) -> None:
         self.broker = broker
         self.last_id = last_id
@@ -188,6 +191,7 @@ class Connection:
         self.channel.makeConnection(self.transport)
         query = "&".join(
             [f"channel={c}" for c in sorted(channels or ())]
+            + [f"pattern={quote(p)}" for p in sorted(patterns or ())]
             + ([query] if query else [])
             + ([f"replay={replay}"] if replay else [])
         )
@@ -205,7 +209,7 @@ class Connection:
         #: the oldest of the newest N the history holds on its channels now.
         self.replay_first: str | None = None
         if replay and not last_id and history is not None:
-            held = [e.id for e in history if channels is None or e.channel in channels]  # type: ignore[attr-defined]
+            held = [e.id for e in history if matches(channels, patterns, e.channel)]  # type: ignore[attr-defined]
             if replay != "all":
                 held = held[len(held) - min(int(replay), len(held)) :]
             self.replay_first = held[0] if held else None
@@ -282,9 +286,18 @@ class Connection:
         return items, None
 
 
+def matches(channels: frozenset[str] | None, patterns: frozenset[str] | None, channel: str) -> bool:
+    """Whether a subscription of C{channels} and C{patterns} receives C{channel}."""
+    if patterns:
+        return (channels is not None and channel in channels) or any(
+            fnmatchcase(channel, p) for p in patterns
+        )
+    return channels is None or channel in channels
+
+
 @dataclass
 class Session:
-    """One EventSource: its channels, its parser, and its connections in order."""
+    """One EventSource: its channels and patterns, its parser, and its connections in order."""
 
     name: str
     channels: frozenset[str] | None
@@ -293,9 +306,11 @@ class Session:
     origin: str = ""
     #: Its URL's ?replay= (EventSource keeps the URL on every reconnect).
     replay: str = ""
+    #: Its URL's ?pattern= (with no channel: only what they match).
+    patterns: frozenset[str] | None = None
 
     def matches(self, channel: str) -> bool:
-        return self.channels is None or channel in self.channels
+        return matches(self.channels, self.patterns, channel)
 
     @property
     def current(self) -> Connection:
@@ -306,7 +321,9 @@ class Session:
     ) -> Connection:
         """Open a connection, resuming with the last id seen (as EventSource does)."""
         last = self.last_seen(ledger)
-        conn = Connection(site, broker, self.channels, last, mark, query, self.replay)
+        conn = Connection(
+            site, broker, self.channels, last, mark, query, self.replay, self.patterns
+        )
         self.connections.append(conn)
         return conn
 

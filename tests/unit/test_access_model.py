@@ -6,7 +6,8 @@ overflowed, and a relay's deliveries; nor is it told the id of such an event
 in its response's C{Last-Event-ID} header.
 
 A hypothesis state machine draws private patterns, tokens with random
-grants, subscriptions (some channels, or every channel) and interleavings of
+grants, subscriptions (some channels, or every channel, or patterns with or
+without channels; as published or as envelopes) and interleavings of
 publishes, resumes from any id (private ones too), replays, stalls and
 reads, then checks every byte (and header) each client received. Set C{SSE_MODEL_EXAMPLES} to search
 longer.
@@ -41,6 +42,8 @@ SECRET = "s3cret-for-tests-only-0123456789abcdef"
 CHANNELS = ["pub", "news", "priv-a", "priv-b", "team-x"]
 PRIVATE_SETS = [("priv*",), ("priv-a", "team-?"), ("*-b", "team*"), ("[pt]*",)]
 GRANTS = ["priv*", "priv-a", "priv-b", "team-x", "*", "news"]
+#: What pattern subscribers ask for: private channels among what they match.
+PATTERNS = ["p*", "priv-?", "*", "t*", "[np]*", "*-b", "news"]
 EXAMPLES = int(os.environ.get("SSE_MODEL_EXAMPLES", "0"))
 
 
@@ -72,19 +75,36 @@ class InlineRelay:
 
 
 class Client:
-    def __init__(self, conn: Conn, channels: frozenset[str] | None, grant: tuple[str, ...]):
+    def __init__(
+        self,
+        conn: Conn,
+        channels: frozenset[str] | None,
+        grant: tuple[str, ...],
+        patterns: frozenset[str] | None = None,
+        envelope: bool = False,
+    ):
         self.conn = conn
         self.channels = channels
         self.grant = grant
+        self.patterns = patterns
+        self.envelope = envelope
 
     def received(self) -> list[str]:
         """The channel of each event received (each event's data is its channel)."""
         body = dechunk(self.conn.head_and_body()[1])[0]
-        return [
-            json.loads(e.data)
-            for e in EventStreamParser().feed(body)
-            if not e.type.startswith("sse.")
-        ]
+        events = EventStreamParser().feed(body)
+        if not self.envelope:
+            return [json.loads(e.data) for e in events if not e.type.startswith("sse.")]
+        out = []
+        for e in events:
+            assert e.type == "message", e.type
+            envelope = json.loads(e.data)
+            if envelope["channel"] is None:
+                assert envelope["event"].startswith("sse."), envelope
+                continue
+            assert envelope["data"] == envelope["channel"], envelope
+            out.append(envelope["channel"])
+        return out
 
 
 class AccessModel(RuleBasedStateMachine):
@@ -117,11 +137,14 @@ class AccessModel(RuleBasedStateMachine):
         self.site = make_site(make_resource(self.broker, demo=False, auth=self.auth), self.clock)
 
     def may_read(self, client: Client, channel: str) -> bool:
-        if client.channels is not None and channel not in client.channels:
-            return False
-        if not any(fnmatchcase(channel, p) for p in self.private):
-            return True
-        return any(fnmatchcase(channel, g) for g in client.grant)
+        granted = not any(fnmatchcase(channel, p) for p in self.private) or any(
+            fnmatchcase(channel, g) for g in client.grant
+        )
+        if client.channels is not None and channel in client.channels:
+            return granted  # named outright: refused at subscribe time unless granted
+        if client.patterns is not None:
+            return granted and any(fnmatchcase(channel, p) for p in client.patterns)
+        return client.channels is None and granted
 
     @rule(
         channels=st.none() | st.frozensets(st.sampled_from(CHANNELS), min_size=1, max_size=3),
@@ -129,6 +152,8 @@ class AccessModel(RuleBasedStateMachine):
         resume=st.none() | st.integers(0, 1000),
         limit=st.sampled_from([60, 200, 100_000]),
         replay=st.none() | st.sampled_from(["1", "3", "all"]),
+        patterns=st.none() | st.frozensets(st.sampled_from(PATTERNS), min_size=1, max_size=3),
+        envelope=st.booleans(),
     )
     def subscribe(
         self,
@@ -137,8 +162,13 @@ class AccessModel(RuleBasedStateMachine):
         resume: int | None,
         limit: int,
         replay: str | None,
+        patterns: frozenset[str] | None,
+        envelope: bool,
     ) -> None:
         query = [b"channel=" + c.encode() for c in sorted(channels or ())]
+        query += [b"pattern=" + p.encode() for p in sorted(patterns or ())]
+        if envelope:
+            query.append(b"envelope=1")
         if grant is not None:
             claims = {"sse": {"subscribe": list(grant)}, "exp": int(self.clock.seconds()) + 3600}
             query.append(b"token=" + jwt.encode(claims, SECRET, algorithm="HS256").encode())
@@ -149,13 +179,13 @@ class AccessModel(RuleBasedStateMachine):
         path = b"/events" + (b"?" + b"&".join(query) if query else b"")
         conn = Conn(self.site, path, limit=limit)
         if conn.status == 200:
-            client = Client(conn, channels, grant or ())
+            client = Client(conn, channels, grant or (), patterns, envelope)
             cursor = conn.header(b"last-event-id")
             if cursor is not None:
                 channel = self.channel_of[cursor.decode()]
                 assert self.may_read(client, channel), (
                     f"the Last-Event-ID header names an event on {channel!r} to a client of"
-                    f" {channels} with grant {client.grant} (private: {self.private})"
+                    f" {channels} {patterns} with grant {client.grant} (private: {self.private})"
                 )
             self.clients.append(client)
         else:
@@ -187,8 +217,8 @@ class AccessModel(RuleBasedStateMachine):
         for client in self.clients:
             for channel in client.received():
                 assert self.may_read(client, channel), (
-                    f"{channel!r} reached a client of {client.channels} with grant {client.grant}"
-                    f" (private: {self.private})"
+                    f"{channel!r} reached a client of {client.channels} {client.patterns}"
+                    f" with grant {client.grant} (private: {self.private})"
                 )
 
 

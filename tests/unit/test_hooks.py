@@ -6,7 +6,7 @@ each end and why. Deterministic: a real Site on a Clock.
 
 from __future__ import annotations
 
-import inspect
+import json
 from typing import Any
 
 import jwt
@@ -217,10 +217,6 @@ def test_no_hook_keeps_the_synchronous_path(clock: Clock) -> None:
     assert broker.client_count() == 1
 
 
-@pytest.mark.skipif(
-    "patterns" not in inspect.signature(SSEBroker.subscribe).parameters,
-    reason="COORDINATOR: runs once pattern subscriptions (subscribe(patterns=)) are merged",
-)
 def test_the_hook_may_grant_patterns(clock: Clock) -> None:
     """Patterns the hook grants for an every-channel request reach subscribe(patterns=)."""
     broker, site = setup(clock, Hook(Admission(channels=[], patterns=["orders/*"])))
@@ -230,13 +226,19 @@ def test_the_hook_may_grant_patterns(clock: Clock) -> None:
     assert [e.data for e in conn.events() if e.type == "story"] == ["1"]
 
 
-def test_patterns_granted_before_the_pattern_branch_fail_softly(clock: Clock) -> None:
-    """Until subscribe takes patterns, a hook that grants them sends the client away to retry."""
-    if "patterns" in inspect.signature(SSEBroker.subscribe).parameters:
-        pytest.skip("subscribe takes patterns: test_the_hook_may_grant_patterns covers it")
-    broker, site = setup(clock, Hook(Admission(channels=[], patterns=["orders/*"])))
-    conn = Conn(site, b"/events")
-    assert conn.status == 200 and conn.ended() and broker.client_count() == 0
+def test_the_hook_sees_requested_patterns_and_envelope_is_kept(clock: Clock) -> None:
+    """
+    ?pattern= reaches the hook as asked; what it grants is subscribed, with
+    the request's envelope=1 kept: every event arrives as an envelope.
+    """
+    hook = Hook(Admission(channels=None, patterns=None, user="ada"))
+    broker, site = setup(clock, hook)
+    conn = Conn(site, b"/events?pattern=orders/*&envelope=1")
+    assert [c[1:] for c in hook.calls] == [((), ("orders/*",))]
+    broker.publish("orders/1", "story", 1)
+    broker.publish("news", "story", 2)
+    got = [json.loads(e.data) for e in conn.events() if e.type == "message"]
+    assert [(g["channel"], g["event"]) for g in got] == [("orders/1", "story")]
 
 
 # on_unsubscribe ------------------------------------------------------------

@@ -93,6 +93,11 @@ MAX_SESSIONS = 4
 channel_sets = st.one_of(
     st.none(), st.frozensets(st.sampled_from(CHANNELS), min_size=1, max_size=2)
 )
+#: Patterns over CHANNELS: overlapping each other and the channels, so one
+#: event often matches a subscriber twice (it must still get it once).
+pattern_sets = st.frozensets(
+    st.sampled_from(("[ab]", "?", "a*", "[bc]", "b")), min_size=1, max_size=3
+)
 #: What a publish carries: (channel, payload size, explicit id?, text?, event name?).
 items = st.tuples(
     st.sampled_from(CHANNELS),
@@ -168,9 +173,15 @@ class World:
     # Clients
 
     def subscribe(
-        self, channels: frozenset[str] | None, origin: str = "", replay: str = ""
+        self,
+        channels: frozenset[str] | None,
+        origin: str = "",
+        replay: str = "",
+        patterns: frozenset[str] | None = None,
     ) -> Session:
-        s = Session(f"client{len(self.sessions)}", channels, origin=origin, replay=replay)
+        s = Session(
+            f"client{len(self.sessions)}", channels, origin=origin, replay=replay, patterns=patterns
+        )
         self.sessions.append(s)
         s.connect(self.site, self.broker, self.mark, self.ledger, self.token())
         self.settle()
@@ -367,6 +378,7 @@ class StreamModel(RuleBasedStateMachine):
         write_timeout=st.sampled_from([0, 0, 2.0]),
         standalone_site=st.booleans(),
         max_lifetime=st.sampled_from([0, 0, 2.0, 5.0]),
+        patterns=st.none() | pattern_sets,
     )
     def start(
         self,
@@ -382,6 +394,7 @@ class StreamModel(RuleBasedStateMachine):
         write_timeout: float,
         standalone_site: bool,
         max_lifetime: float,
+        patterns: frozenset[str] | None,
     ) -> None:
         """A broker with one overflow policy, and a first subscriber (else runs check little)."""
         if overflow == "catchup" and history is None:
@@ -399,7 +412,7 @@ class StreamModel(RuleBasedStateMachine):
             standalone_site=standalone_site,
             max_lifetime=max_lifetime,
         )
-        self.world.subscribe(channels)
+        self.world.subscribe(channels, patterns=patterns)
 
     def _open(self) -> bool:
         return self.world.drained is None
@@ -430,6 +443,34 @@ class StreamModel(RuleBasedStateMachine):
         elif resume == "known" and self.world.ledger.ids:
             origin = self.world.ledger.ids[-1 - pick % min(6, len(self.world.ledger.ids))]
         self.world.subscribe(channels, origin, replay)
+
+    @precondition(lambda self: self._open() and len(self.world.sessions) < MAX_SESSIONS)
+    @rule(
+        patterns=pattern_sets,
+        channels=channel_sets,
+        resume=st.sampled_from(["", "known", "unknown"]),
+        pick=st.integers(0, 50),
+        replay=st.sampled_from(["", "", "1", "3", "all"]),
+    )
+    def subscribe_patterns(
+        self,
+        patterns: frozenset[str],
+        channels: frozenset[str] | None,
+        resume: str,
+        pick: int,
+        replay: str,
+    ) -> None:
+        """
+        A new EventSource on patterns (and perhaps channels too): the same
+        contract, each matching event once however many of its patterns and
+        channels match it.
+        """
+        origin = ""
+        if resume == "unknown":
+            origin = "gone-7"
+        elif resume == "known" and self.world.ledger.ids:
+            origin = self.world.ledger.ids[-1 - pick % min(6, len(self.world.ledger.ids))]
+        self.world.subscribe(channels, origin, replay, patterns)
 
     @precondition(lambda self: self._open())
     @rule(item=items)
