@@ -403,3 +403,28 @@ def test_presence_options_build_the_service(clock: Clock) -> None:
     defaults.parseOptions([])
     assert defaults["leave-grace"] == 5.0 and not defaults["presence-events"]
     assert defaults["presence-path"] == "/presence"
+
+
+def test_presence_counts_pattern_streams_as_delivery_does(clock: Clock) -> None:
+    """
+    Pattern subscribers (one pattern, several, a pattern with channels) are
+    counted in presence exactly where the index delivers: presence(c).clients
+    equals client_count(c) for every channel.
+    """
+    from sse_twisted.app import make_resource
+
+    from ..support.conn import Conn, make_site
+
+    broker = SSEBroker(reactor=clock, heartbeat=0)
+    site = make_site(make_resource(broker, demo=False), clock)
+    for query in (
+        b"pattern=orders/*",
+        b"pattern=orders/*&pattern=news*",
+        b"pattern=news*&channel=orders/1",
+        b"channel=news",
+        b"",
+    ):
+        Conn(site, b"/events?" + query)
+    for channel in ("orders/1", "orders/2", "news", "newsroom", "other"):
+        assert broker.presence(channel).clients == broker.client_count(channel), channel
+    assert broker.presence("orders/1").clients == 4
