@@ -212,7 +212,10 @@ class RedisPresence(Service):
             self._sending = False
             self.failures += 1
             self._full = True  # what changed meanwhile is sent with the rest
-            self.log.debug("Presence report failed: {error}", error=failure.value)
+            if self.bus.ready:
+                # While Redis is away the bus logs the outage, once; only a
+                # failure with Redis up says something of its own.
+                self.log.debug("Presence report failed: {error}", error=failure.value)
 
         return self.bus.transaction(commands).addCallbacks(sent, failed)
 
