@@ -8,6 +8,7 @@ port below 1024 binds before `--uid` drops privileges.
 from __future__ import annotations
 
 import os
+import random
 import re
 import signal
 import socket
@@ -174,8 +175,14 @@ def test_version() -> None:
 
 
 def _free_low_port() -> int:
-    """A port below 1024 that is free on 127.0.0.1 (the tests run as root)."""
-    for port in range(1023, 900, -1):
+    """
+    A port below 1024 that is free on 127.0.0.1 (the tests run as root),
+    tried in random order: suites running side by side (CI's Python matrix)
+    would otherwise all pick 1023 at once.
+    """
+    ports = list(range(1023, 511, -1))
+    random.shuffle(ports)
+    for port in ports:
         with closing(socket.socket()) as sock:
             try:
                 sock.bind(("127.0.0.1", port))
