@@ -56,7 +56,7 @@ def servers() -> Iterator[list[SSEServer]]:
 # Churn
 
 WAVES = 20
-WARM_UP_WAVES = 5
+WARM_UP_WAVES = 10
 PER_WAVE = 100
 WAVE_SECONDS = 1.0
 
@@ -82,7 +82,7 @@ def test_churn_leaves_no_trace(servers: list[SSEServer]) -> None:
     with a small receive buffer so that the server may hold bytes for it, while
     events are published throughout: afterwards the server holds exactly its
     baseline of file descriptors and streams, its RSS is within 10 MiB of the
-    baseline taken after a warm-up of the same churn (500 subscribers, to
+    baseline taken after a warm-up of the same churn (1,000 subscribers, to
     reach the allocator's working size), every publish was answered 200, and
     its log holds no traceback.
     """
