@@ -219,7 +219,9 @@ def test_streams_end_at_their_lifetime_and_resume_without_loss(
         while len(lifetimes) < 3 and time.monotonic() < deadline:
             headers = {"Last-Event-ID": last} if last else {}
             began = time.monotonic()
-            sub = RawSubscriber(srv, "/events?channel=a", headers=headers)
+            # replay=all: the first connection also gets what was published
+            # before it subscribed; later ones resume (Last-Event-ID wins).
+            sub = RawSubscriber(srv, "/events?channel=a&replay=all", headers=headers)
             data = sub.read_to_close(timeout=5)
             lifetimes.append(time.monotonic() - began)
             assert data.endswith(b"0\r\n\r\n"), "a clean end (the terminating chunk)"
