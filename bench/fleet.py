@@ -105,10 +105,10 @@ def main() -> int:
     ap.add_argument(
         "--read-events",
         type=int,
-        default=1000,
+        default=500,
         help="events of the Redis read phase (to a channel nobody reads)",
     )
-    ap.add_argument("--read-rate", type=float, default=200.0)
+    ap.add_argument("--read-rate", type=float, default=50.0)
     ap.add_argument(
         "--max-pending", type=int, default=256, help="connects in flight per load process"
     )

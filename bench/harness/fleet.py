@@ -321,6 +321,20 @@ def _pub(
     raise RuntimeError(f"publisher gave no result: rc={r.returncode} {r.stderr[-300:]}")
 
 
+def settle_until_idle(pids: list[int], cap: float, every: float = 0.5) -> None:
+    """Until no process spends more than 2 % of a core over `every` s (at least 1 s, at most
+    `cap`): the nodes have read and delivered all that was published."""
+    deadline = time.monotonic() + cap
+    time.sleep(1.0)
+    last = _cpu_ns(pids)
+    while time.monotonic() < deadline:
+        time.sleep(every)
+        now = _cpu_ns(pids)
+        if all(b - a < 0.02 * every * 1e9 for a, b in zip(last, now, strict=True)):
+            return
+        last = now
+
+
 def run_fleet(
     fleet: Fleet,
     *,
@@ -357,7 +371,10 @@ def run_fleet(
         for n in fleet.nodes:
             n.wait_health(timeout=left(60 + 5 * nodes))
         steps["start_s"] = time.monotonic() - t
-        log(f"redis-server and {nodes} nodes up in {steps['start_s']:.1f}s")
+        log(
+            f"redis-server (pid {fleet.redis.pid}, port {fleet.redis.port}) and {nodes} nodes "
+            f"(pids {' '.join(str(n.pid) for n in fleet.nodes)}) up in {steps['start_s']:.1f}s"
+        )
         node_pids = [n.pid for n in fleet.nodes]
         base_rss = [_rss_kib(p) for p in node_pids]
         redis_base = fleet.redis.info()
@@ -454,7 +471,7 @@ def run_fleet(
 
         # Redis read phase: an idle window, then `read_events` to a channel nobody reads,
         # paced, over a window of the same length: every node reads each from Redis.
-        window = read_events / read_rate + 1.0
+        window = read_events / read_rate + 1.0 if read_rate else 5.0
         ti0, i0 = time.monotonic(), _cpu_ns(pids_all)
         time.sleep(min(window, left(window)))
         ti1, i1 = time.monotonic(), _cpu_ns(pids_all)
@@ -465,7 +482,7 @@ def run_fleet(
             channel="nobody",
             time_limit=left(window + 30),
         )
-        time.sleep(1.0)  # the nodes read as it comes (paced): 1 s for the last XREAD
+        settle_until_idle(node_pids, cap=left(60.0))  # until every node has read them all
         tr1, r1 = time.monotonic(), _cpu_ns(pids_all)
         # the idle window's CPU, scaled to the read window's length, is what heartbeats
         # and timers cost meanwhile: subtracted from the read window's CPU
