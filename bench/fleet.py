@@ -79,12 +79,15 @@ def render(r: dict[str, Any]) -> str:
         f"MiB (rss {_f(r['redis_rss_mib'])} MiB), idle CPU {_f(r['redis_idle_cpu_pct'], '{:.2f}')} %, "
         f"{_f(r['redis_cpu_us_per_publish_read'], '{:.0f}')} µs per event with {r['nodes']} "
         f"readers; CPU over the run {_f(r['redis_cpu_total_s'], '{:.2f}')} s",
-        f"- Redis read path: {r['read_events']} events at {r['read_rate']:.0f}/s to a channel "
+        f"- Redis read path: {r['read_events']} events at {r['read_rate']:.0f}/s "
+        f"({_f(r.get('read_published_per_s'), '{:.0f}')}/s achieved) to a channel "
         f"nobody reads; each node's CPU in that window less its idle CPU (heartbeats) = "
         f"{_f(r['read_cpu_us_per_event_mean'], '{:.0f}')} µs per event read (mean of nodes)",
-        f"- machine: MemAvailable dropped {_f(r['mem_available_drop_mib'], '{:.0f}')} MiB with "
-        f"everyone connected = {_f(r['machine_kib_per_stream'], '{:.1f}')} KiB per stream, all "
-        f"included (nodes {_f(r['nodes_rss_mib'], '{:.0f}')} MiB, load generators "
+        f"- machine, per stream: {_f(r['parts_kib_per_stream'], '{:.1f}')} KiB from the parts "
+        f"(nodes' growth, load generators, kernel slab growth, TCP buffers); MemAvailable "
+        f"dropped {_f(r['mem_available_drop_mib'], '{:.0f}')} MiB with everyone connected = "
+        f"{_f(r['machine_kib_per_stream'], '{:.1f}')} KiB per stream (it moves with the rest of "
+        f"the machine) (nodes {_f(r['nodes_rss_mib'], '{:.0f}')} MiB, load generators "
         f"{_f(r['load_rss_mib'], '{:.0f}')} MiB, kernel slab +{_f(r['slab_mib'], '{:.0f}')} MiB, "
         f"TCP buffers +{_f(r['tcp_mem_mib_held'], '{:.0f}')} MiB held, "
         f"+{_f(r['tcp_mem_mib_max'], '{:.0f}')} MiB at most); lowest MemAvailable "
@@ -108,7 +111,10 @@ def main() -> int:
         default=500,
         help="events of the Redis read phase (to a channel nobody reads)",
     )
-    ap.add_argument("--read-rate", type=float, default=50.0)
+    ap.add_argument("--read-rate", type=float, default=50.0, help="their rate (0: back to back)")
+    ap.add_argument(
+        "--read-conns", type=int, default=1, help="publisher connections of the read phase"
+    )
     ap.add_argument(
         "--max-pending", type=int, default=256, help="connects in flight per load process"
     )
@@ -173,6 +179,7 @@ def main() -> int:
             events=args.events,
             read_events=args.read_events,
             read_rate=args.read_rate,
+            read_conns=args.read_conns,
             max_pending=args.max_pending,
             connect_timeout=args.connect_timeout,
             deadline=deadline,

@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import json
+import math
 import os
 import resource
 import signal
@@ -285,8 +286,10 @@ def _pub(
     time_limit: float,
     warm: bool = False,
     seed: int = 1,
+    conns: int = 1,
 ) -> dict[str, Any]:
-    """loadgen pub: `count` events to one channel (ch0 by --channels 1, or `channel`)."""
+    """loadgen pub: `count` events to one channel (ch0 by --channels 1, or `channel`), over
+    `conns` keep-alive connections (one POST in flight on each)."""
     if channel is None:
         return run_pub(
             port, count, rate=rate, channels=1, rr=True, warm=warm, time_limit=time_limit, seed=seed
@@ -304,6 +307,8 @@ def _pub(
         str(PAD_100B),
         "--channel",
         channel,
+        "--conns",
+        str(conns),
         "--time-limit",
         str(time_limit),
     ]
@@ -345,6 +350,7 @@ def run_fleet(
     events: int,
     read_events: int,
     read_rate: float,
+    read_conns: int,
     max_pending: int,
     connect_timeout: float,
     deadline: float,
@@ -469,23 +475,28 @@ def run_fleet(
         c1 = _cpu_ns(pids_all)
         log(f"burst: complete={complete} in {steps['burst_s']:.1f}s")
 
-        # Redis read phase: an idle window, then `read_events` to a channel nobody reads,
-        # paced, over a window of the same length: every node reads each from Redis.
-        window = read_events / read_rate + 1.0 if read_rate else 5.0
+        # Redis read phase: an idle window, then `read_events` to a channel nobody reads:
+        # every node reads each from Redis and delivers it to no one. Both windows last
+        # whole heartbeat intervals, so each holds the same heartbeat rounds per second;
+        # the idle window's CPU, scaled to the read window's length, is subtracted.
+        period = heartbeat if heartbeat > 0 else 1.0
+        planned = read_events / read_rate + 2.0 if read_rate else 5.0
+        idle_len = math.ceil(planned / period) * period
         ti0, i0 = time.monotonic(), _cpu_ns(pids_all)
-        time.sleep(min(window, left(window)))
+        time.sleep(min(idle_len, left(idle_len)))
         ti1, i1 = time.monotonic(), _cpu_ns(pids_all)
         rpub = _pub(
             fleet.nodes[0].port,
             read_events,
             rate=read_rate,
+            conns=read_conns,
             channel="nobody",
-            time_limit=left(window + 30),
+            time_limit=left(planned + 30),
         )
         settle_until_idle(node_pids, cap=left(60.0))  # until every node has read them all
+        spent = time.monotonic() - ti1
+        time.sleep(min(math.ceil(spent / period) * period - spent, left(period)))
         tr1, r1 = time.monotonic(), _cpu_ns(pids_all)
-        # the idle window's CPU, scaled to the read window's length, is what heartbeats
-        # and timers cost meanwhile: subtracted from the read window's CPU
         scale = (tr1 - ti1) / (ti1 - ti0)
         redis_end = fleet.redis.info()
         results = subs.quit()
@@ -556,6 +567,17 @@ def run_fleet(
             "load_rss_mib": sum(load_rss) / 1024,
             "mem_available_drop_mib": mem_drop / 1024,
             "machine_kib_per_stream": per(mem_drop, held_total),
+            # the same from its parts (MemAvailable moves with everything else on the machine):
+            # nodes' growth + load generators + kernel slab growth + TCP buffers held
+            "parts_kib_per_stream": per(
+                sum(held_rss)
+                - sum(base_rss)
+                + sum(load_rss)
+                + mem_held.get("Slab", 0)
+                - mem0.get("Slab", 0)
+                + (tcp_held - tcp_base) * 4,
+                held_total,
+            ),
             "slab_mib": (mem_held.get("Slab", 0) - mem0.get("Slab", 0)) / 1024,
             "tcp_mem_mib_held": (tcp_held - tcp_base) * 4 / 1024,
             "tcp_mem_mib_max": (watch.max_tcp_pages - tcp_base) * 4 / 1024,
@@ -567,6 +589,11 @@ def run_fleet(
             ),
             "read_events": rpub.get("ok"),
             "read_rate": read_rate,
+            "read_conns": read_conns,
+            "read_published_per_s": per(
+                rpub.get("ok", 0),
+                (rpub.get("last_resp_ns", 0) - rpub.get("first_ns", 0)) / 1e9,
+            ),
             "read_window_s": tr1 - ti1,
             "idle_window_s": ti1 - ti0,
             "read_cpu_us_per_event_mean": per(
