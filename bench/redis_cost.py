@@ -130,9 +130,9 @@ def main() -> int:
         "| command | requests/s seen | Redis CPU µs / request | µs / entry | one Redis core: requests/s | entries/s |"
     )
     print("|---|---|---|---|---|---|")
-    for name, _reqs, rps, us, entries in rows:
+    for name, _reqs, seen, us, entries in rows:
         print(
-            f"| {name} | {rps:,.0f} | {us:.2f} | {us / entries:.3f} | {1e6 / us:,.0f} | "
+            f"| {name} | {seen:,.0f} | {us:.2f} | {us / entries:.3f} | {1e6 / us:,.0f} | "
             f"{1e6 / us * entries:,.0f} |"
         )
     return 0

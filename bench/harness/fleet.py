@@ -61,22 +61,19 @@ def _child_setup() -> None:
 # ---------------------------------------------------------------- the processes
 
 
-class Node(_Process):
+class Node(Server):
     """One `twistd sse --redis ...` node on a free loopback port (pinned like every server)."""
-
-    wait_health = Server.wait_health
 
     def __init__(self, i: int, logfile: Path, redis_url: str, heartbeat: float) -> None:
         self.port = free_port()
         cmd = [*server_cmd(REFERENCE, self.port, heartbeat, DEFAULT_QUEUE), "--redis", redis_url]
         env = dict(os.environ, PYTHONUNBUFFERED="1")
-        super().__init__(f"node{i}", cmd, logfile, env=env, preexec_fn=_child_setup)
+        # _Process's, not Server's: its own command line, and the child setup above
+        _Process.__init__(self, f"node{i}", cmd, logfile, env=env, preexec_fn=_child_setup)
 
 
-class Redis(_Process):
+class Redis(RedisServer):
     """A throwaway redis-server: free loopback port, no persistence."""
-
-    wait_ready = RedisServer.wait_ready
 
     def __init__(self, logfile: Path) -> None:
         self.port = free_port()
@@ -98,7 +95,7 @@ class Redis(_Process):
             "--dir",
             str(rundir),
         ]
-        super().__init__("redis-server", cmd, logfile, preexec_fn=_child_setup)
+        _Process.__init__(self, "redis-server", cmd, logfile, preexec_fn=_child_setup)
 
     def info(self) -> dict[str, str]:
         """INFO's fields (every section), over a fresh connection; {} when it does not answer."""
@@ -505,11 +502,13 @@ def run_fleet(
         watch.stop()
 
     # ------------------------------------------------------------ figures
-    per_nodes = []
+    per_nodes: list[dict[str, Any]] = []
+    hb_per_node: list[int] = []
     for i in range(nodes):
         r = results[i] if i < len(results) else {}
         held = int(r.get("open_readers", 0))
         hb = s1[i].get("comments", 0) - s0[i].get("comments", 0)
+        hb_per_node.append(hb)
         conn_s = (
             (r.get("sub_hdr_max_ns", 0) - r.get("sub_t0_ns", 0)) / 1e9
             if r.get("sub_hdr_max_ns")
@@ -560,7 +559,7 @@ def run_fleet(
             "delivered": delivered,
             "delivered_pct": 100.0 * delivered / (held_total * events) if held_total else 0.0,
             "complete_subs": total(results, "readers_complete"),
-            "heartbeats": sum(p["heartbeats"] for p in per_nodes),
+            "heartbeats": sum(hb_per_node),
             "hold_s": hold,
             "nodes_rss_mib": sum(held_rss) / 1024,
             "kib_per_sub": per(sum(held_rss) - sum(base_rss), held_total),
