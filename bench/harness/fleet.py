@@ -64,9 +64,12 @@ def _child_setup() -> None:
 class Node(Server):
     """One `twistd sse --redis ...` node on a free loopback port (pinned like every server)."""
 
-    def __init__(self, i: int, logfile: Path, redis_url: str, heartbeat: float) -> None:
+    def __init__(
+        self, i: int, logfile: Path, redis_url: str, heartbeat: float, redis_timeout: float
+    ) -> None:
         self.port = free_port()
         cmd = [*server_cmd(REFERENCE, self.port, heartbeat, DEFAULT_QUEUE), "--redis", redis_url]
+        cmd += ["--redis-timeout", f"{redis_timeout:g}"]
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         # _Process's, not Server's: its own command line, and the child setup above
         _Process.__init__(self, f"node{i}", cmd, logfile, env=env, preexec_fn=_child_setup)
@@ -343,6 +346,7 @@ def run_fleet(
     nodes: int,
     per_node: int,
     heartbeat: float,
+    redis_timeout: float,
     hold: float,
     events: int,
     read_events: int,
@@ -360,7 +364,12 @@ def run_fleet(
             raise TimeoutError("the run's time bound (--max-minutes) is up")
         return min(cap, rest - 5)
 
-    out: dict[str, Any] = {"nodes": nodes, "per_node": per_node, "heartbeat_s": heartbeat}
+    out: dict[str, Any] = {
+        "nodes": nodes,
+        "per_node": per_node,
+        "heartbeat_s": heartbeat,
+        "redis_timeout_s": redis_timeout,
+    }
     steps: dict[str, float] = {}
     watch = MemWatch()
     watch.start()
@@ -370,7 +379,9 @@ def run_fleet(
         fleet.redis = Redis(fleet.outdir / "redis.log")
         fleet.redis.wait_ready(timeout=left(30))
         for i in range(nodes):
-            fleet.nodes.append(Node(i, fleet.outdir / f"node{i}.log", fleet.redis.url, heartbeat))
+            fleet.nodes.append(
+                Node(i, fleet.outdir / f"node{i}.log", fleet.redis.url, heartbeat, redis_timeout)
+            )
         for n in fleet.nodes:
             n.wait_health(timeout=left(60 + 5 * nodes))
         steps["start_s"] = time.monotonic() - t
