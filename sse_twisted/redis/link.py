@@ -234,10 +234,32 @@ class Link:
 
     def _guard(self, d: Deferred[Any], timeout: float | None = None) -> Deferred[Any]:
         limit = self._timeout if timeout is None else timeout
-        d.addTimeout(limit, self._clock)
+        clock = self._clock
+        expired = False
+
+        def due() -> None:
+            # Twisted runs due timers before it reads input: after one reactor
+            # turn longer than the limit (a node busy with a large fan-out),
+            # the answer may be in the socket, unread. Look once more, after
+            # the next turn has read it, before giving the link up.
+            timer[0] = clock.callLater(0, give_up)
+
+        def give_up() -> None:
+            nonlocal expired
+            if not d.called:
+                expired = True
+                d.cancel()
+
+        def settled(result: Any) -> Any:
+            if timer[0].active():
+                timer[0].cancel()
+            return result
+
+        timer = [clock.callLater(limit, due)]
+        d.addBoth(settled)
 
         def failed(f: Failure) -> Failure:
-            if f.check(defer.TimeoutError):
+            if expired and f.check(defer.CancelledError):
                 if not self.closed and self._on_give_up is not None:
                     self._on_give_up(f"no reply within {limit:g}s")
                 self.abort()

@@ -87,7 +87,12 @@ class Backend(Process):
     def _reports(self) -> list[dict[str, Any]]:
         return [json.loads(line[6:]) for line in list(self.lines) if line.startswith("ENDED ")]
 
-    def subscribes(self) -> list[dict[str, Any]]:
+    def subscribes(self, n: int = 1, timeout: float = 10.0) -> list[dict[str, Any]]:
+        """The subscribe calls the backend received, once it logged C{n} (its output may lag)."""
+        wait(lambda: len(self._subscribes()) >= n, f"{n} subscribe calls", timeout)
+        return self._subscribes()
+
+    def _subscribes(self) -> list[dict[str, Any]]:
         return [json.loads(line[10:]) for line in list(self.lines) if line.startswith("SUBSCRIBE ")]
 
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import re
+import time
 from typing import Any
 
 import pytest
@@ -15,7 +17,14 @@ from sse_twisted.event import Event, InvalidItem, Item
 from sse_twisted.redis import RedisBus, RedisUnavailable, stream_id_key
 
 from ..support.processes import free_port
-from ..support.redis_server import Node, RedisServer, global_reactor, pause, wait_until
+from ..support.redis_server import (
+    Node,
+    RedisServer,
+    global_reactor,
+    pause,
+    redis_command,
+    wait_until,
+)
 
 pytestmark = pytest.mark.redis
 
@@ -554,3 +563,56 @@ async def test_the_entries_of_one_read_go_to_a_subscriber_in_one_write(
     events = EventStreamParser().feed(conn.stream())
     assert [e.last_event_id for e in events] == ids
     assert len(writes) == 1
+
+
+class _Stall:
+    """A reader whose input stalls the reactor for C{seconds}, as a large fan-out would."""
+
+    def __init__(self, reactor: Any, seconds: float) -> None:
+        self.reactor = reactor
+        self.seconds = seconds
+        self.r, self.w = os.pipe()
+
+    def fileno(self) -> int:
+        return self.r
+
+    def doRead(self) -> None:
+        os.read(self.r, 1)
+        time.sleep(self.seconds)
+
+    def connectionLost(self, reason: Any) -> None:
+        pass
+
+    def logPrefix(self) -> str:
+        return "stall"
+
+    def close(self) -> None:
+        self.reactor.removeReader(self)
+        os.close(self.r)
+        os.close(self.w)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_stalled_reactor_is_not_a_lost_redis(redis_server: RedisServer, nodes: Any) -> None:
+    """
+    One reactor turn spent handling input for longer than the command timeout
+    (a node busy with a large fan-out), while Redis answers: the deadline
+    comes due before the answer is read (Twisted runs due timers before it
+    reads input), and the link looks once more after the next turn instead
+    of giving Redis up. The publish succeeds and no outage is counted.
+    """
+    node = await nodes(redis_server.url, command_timeout=0.3).ready()
+    reactor = global_reactor()
+    stall = _Stall(reactor, 0.8)
+    reactor.addReader(stall)
+    try:
+        # Redis holds writes for 0.15 s, so it answers while the reactor is stalled.
+        await redis_command(redis_server.port, "CLIENT", "PAUSE", "150", "WRITE")
+        published = node.bus.publish([Item.create("x", "e", {"n": 1})])
+        # Once the command is out, a turn of input handling outlasts the timeout.
+        reactor.callLater(0.05, os.write, stall.w, b"x")
+        ids = await published.addTimeout(10, reactor)
+    finally:
+        stall.close()
+    assert len(ids) == 1
+    assert node.bus.outages == 0 and node.bus.ready
