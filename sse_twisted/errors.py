@@ -10,11 +10,14 @@ from typing import Any
 
 from twisted.web.server import Request
 
+from ._transport import request_gone
+
 __all__ = [
     "BEARER",
     "HTTPError",
     "encode_json_body",
     "error_response",
+    "finish_json",
     "json_response",
     "method_not_allowed",
     "safe_message",
@@ -40,6 +43,23 @@ def json_response(request: Request, status: int, body: Any) -> bytes:
     request.responseHeaders.setRawHeaders(b"content-type", [b"application/json"])
     request.responseHeaders.setRawHeaders(b"cache-control", [b"no-store"])
     return encode_json_body(body)
+
+
+def finish_json(request: Request, status: int, body: Any) -> bool:
+    """
+    Answer C{request} with C{status} and a JSON C{body} after C{render}
+    returned C{NOT_DONE_YET}: one write with a C{Content-Length}, as
+    twisted.web sends a body returned from render.
+
+    @return: whether it was answered (not when the client has gone).
+    """
+    if request_gone(request):
+        return False
+    data = json_response(request, status, body)
+    request.setHeader(b"content-length", b"%d" % len(data))
+    request.write(data)
+    request.finish()
+    return True
 
 
 def encode_json_body(body: Any) -> bytes:

@@ -14,12 +14,11 @@ from twisted.python.failure import Failure
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
-from ._transport import request_gone
 from .auth import JWTAuth, PublishAuth
 from .broker import SSEBroker
-from .errors import HTTPError, error_response, json_response, method_not_allowed
-from .event import validate_channel
+from .errors import HTTPError, error_response, finish_json, json_response, method_not_allowed
 from .presence import Presence
+from .resource import query_channels
 
 __all__ = ["PresenceResource", "PresenceSource"]
 
@@ -35,14 +34,7 @@ def _channel(request: Request) -> str:
         raise HTTPError(400, "give the channel: /presence?channel=NAME")
     if len(values) > 1:
         raise HTTPError(400, "give one channel per presence request")
-    try:
-        channel: str = values[0].decode("utf-8")
-    except UnicodeDecodeError:
-        raise HTTPError(400, "channel must be UTF-8") from None
-    try:
-        validate_channel(channel)
-    except ValueError as e:
-        raise HTTPError(400, str(e)) from None
+    [channel] = query_channels(request)
     return channel
 
 
@@ -92,21 +84,13 @@ class PresenceResource(Resource):
             return json_response(request, 200, answer.to_json())
 
         def done(presence: Presence) -> None:
-            self._finish(request, 200, presence.to_json())
+            finish_json(request, 200, presence.to_json())
 
         def failed(failure: Failure) -> None:
             self.log.warn(
                 "Presence of {channel} failed: {error}", channel=channel, error=failure.value
             )
-            self._finish(request, 503, {"error": f"presence unavailable: {failure.value}"})
+            finish_json(request, 503, {"error": f"presence unavailable: {failure.value}"})
 
         answer.addCallbacks(done, failed)
         return NOT_DONE_YET
-
-    def _finish(self, request: Request, status: int, body: object) -> None:
-        if request_gone(request):
-            return
-        data = json_response(request, status, body)
-        request.setHeader(b"content-length", b"%d" % len(data))
-        request.write(data)
-        request.finish()

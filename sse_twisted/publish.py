@@ -18,12 +18,11 @@ from twisted.python.failure import Failure
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
-from ._transport import request_gone
 from .auth import Grant, JWTAuth, PublishAuth
 from .broker import SSEBroker
 from .cors import CORSPolicy
 from .durable import HistoryUnavailable
-from .errors import HTTPError, error_response, json_response, method_not_allowed
+from .errors import HTTPError, error_response, finish_json, json_response, method_not_allowed
 from .event import InvalidItem, Item
 from .idempotency import IdempotencyError
 from .limits import RateLimiter
@@ -192,14 +191,8 @@ class PublishResource(Resource):
         return NOT_DONE_YET
 
     def _finish(self, request: Request, status: int, body: Any) -> None:
-        if request_gone(request):
-            return
-        data = json_response(request, status, body)
-        # As twisted.web does for a body returned from render: one write, not chunked.
-        request.setHeader(b"content-length", b"%d" % len(data))
-        request.write(data)
-        request.finish()
-        self._count(request)
+        if finish_json(request, status, body):
+            self._count(request)
 
     def _read_json(self, request: Request) -> Any:
         length = request.getHeader(b"content-length")

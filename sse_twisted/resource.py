@@ -28,10 +28,11 @@ __all__ = [
     "PageResource",
     "ReadResource",
     "StreamResource",
+    "query_channels",
 ]
 
 
-def _query_channels(request: Request, name: bytes = b"channel") -> list[str]:
+def query_channels(request: Request, name: bytes = b"channel") -> list[str]:
     """
     The C{channel} (or C{pattern}) query parameters, validated.
 
@@ -161,8 +162,8 @@ class StreamResource(Resource):
         try:
             if request.method != b"GET":
                 raise method_not_allowed(b"GET")
-            channels = _query_channels(request)
-            patterns = _query_channels(request, b"pattern")
+            channels = query_channels(request)
+            patterns = query_channels(request, b"pattern")
             limits = self.limits
             if (
                 limits is not None
