@@ -19,28 +19,20 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import json
 import math
 import os
 import resource
 import signal
 import socket
-import subprocess
 import threading
 import time
 from pathlib import Path
 from typing import Any
 
 from .config import (
-    BUILD,
     DEFAULT_QUEUE,
-    LOAD_CPU,
-    LOADGEN,
-    PAD_100B,
-    REDIS_SERVER,
     REFERENCE,
     log,
-    pinned,
     raise_nofile,
 )
 from .load import LoadSub, Subs, run_pub
@@ -79,26 +71,7 @@ class Redis(RedisServer):
     """A throwaway redis-server: free loopback port, no persistence."""
 
     def __init__(self, logfile: Path) -> None:
-        self.port = free_port()
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-        rundir = BUILD / "run"
-        rundir.mkdir(parents=True, exist_ok=True)
-        cmd = [
-            REDIS_SERVER,
-            "--port",
-            str(self.port),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--daemonize",
-            "no",
-            "--dir",
-            str(rundir),
-        ]
-        _Process.__init__(self, "redis-server", cmd, logfile, preexec_fn=_child_setup)
+        super().__init__(logfile, preexec_fn=_child_setup)
 
     def info(self) -> dict[str, str]:
         """INFO's fields (every section), over a fresh connection; {} when it does not answer."""
@@ -294,36 +267,9 @@ def _pub(
         return run_pub(
             port, count, rate=rate, channels=1, rr=True, warm=warm, time_limit=time_limit, seed=seed
         )
-    args = [
-        str(LOADGEN),
-        "pub",
-        "--port",
-        str(port),
-        "--count",
-        str(count),
-        "--rate",
-        str(rate),
-        "--size",
-        str(PAD_100B),
-        "--channel",
-        channel,
-        "--conns",
-        str(conns),
-        "--time-limit",
-        str(time_limit),
-    ]
-    r = subprocess.run(
-        pinned(LOAD_CPU, args),
-        capture_output=True,
-        text=True,
-        timeout=time_limit + 15,
-        preexec_fn=raise_nofile,
+    return run_pub(
+        port, count, rate=rate, channel=channel, conns=conns, time_limit=time_limit, seed=seed
     )
-    for line in r.stdout.splitlines():
-        if line.startswith("RESULT "):
-            result: dict[str, Any] = json.loads(line[7:])
-            return result
-    raise RuntimeError(f"publisher gave no result: rc={r.returncode} {r.stderr[-300:]}")
 
 
 def settle_until_idle(pids: list[int], cap: float, every: float = 0.5) -> None:

@@ -211,13 +211,16 @@ def run_pub(
     time_limit: float = 60,
     seed: int = 1,
     suffix: str = "",
+    channel: str = "",
 ) -> dict[str, Any]:
     """Publish `count` events (one POST each) and return the publisher's RESULT; with
-    `channels`, to ch<k><suffix>."""
+    `channels`, to ch<k><suffix>; with `channel`, all to that one."""
     args = [str(LOADGEN), "pub"]
     args += _options(
         port=port, count=count, rate=rate, size=pad, conns=conns, time_limit=time_limit, seed=seed
     )
+    if channel:
+        args += _options(channel=channel)
     if channels:
         args += _options(channels=channels)
         if suffix:

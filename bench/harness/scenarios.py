@@ -195,47 +195,29 @@ def sc_channels(srv: Server, p: dict[str, Any]) -> dict[str, Any]:
         res_c = ctl.quit()
     time.sleep(0.3)
     # Many: `conns` subscribers over `channels` channels; each event to one channel.
-    subs, dt, _ = connect(
-        srv.port, p["conns"], channels=p["channels"], time_limit=240, connect_timeout=120
-    )
-    try:
-        warm = warm_up(subs, srv.port, channels=p["channels"])
-        time.sleep(0.3)
-        per_channel = p["conns"] // p["channels"]
-        u0, pub, complete, u1 = _publish_measured(
-            srv,
-            subs,
-            p,
-            timeout=60,
-            total=p["events"] * per_channel,
-            channels=p["channels"],
-            seed=7,
-        )
-    finally:
-        res = subs.quit()
-    delivered = total(res, "events")
+    many = _fan_out(srv, p, param="channel", suffix="", pub_suffix="")
     delivered_c = total(res_c, "events")
-    per_pub_ns = per((u1.cpu_ns - u0.cpu_ns) / 1e3, pub.get("ok") or 0)
+    u0_ns, u1_ns = many["_raw"]["cpu_ns"]
+    per_pub_ns = per((u1_ns - u0_ns) / 1e3, many["_raw"]["pub"].get("ok") or 0)
     per_pub_c_ns = per((c1.cpu_ns - c0.cpu_ns) / 1e3, pub_c.get("ok") or 0)
-    span = span_s(res, pub)
     return {
-        "cpu_us_per_publish": per((u1.cpu - u0.cpu) * 1e6, pub.get("ok") or 0),
+        "cpu_us_per_publish": many["cpu_us_per_publish"],
         "cpu_us_per_publish_control": per((c1.cpu - c0.cpu) * 1e6, pub_c.get("ok") or 0),
         "scaling": (per_pub_ns / per_pub_c_ns) if per_pub_ns and per_pub_c_ns else None,
-        "cpu_us_per_event": per((u1.cpu - u0.cpu) * 1e6, delivered),
-        "events_per_s": per(delivered, span or 0),
-        "delivered_pct": 100.0 * delivered / (p["events"] * per_channel),
+        "cpu_us_per_event": many["cpu_us_per_event"],
+        "events_per_s": many["events_per_s"],
+        "delivered_pct": many["delivered_pct"],
         "control_delivered_pct": 100.0 * delivered_c / (p["events"] * p["control"]),
-        "held": total(res, "open_readers"),
-        "connect_s": dt,
-        "complete": complete,
-        "warm": warm,
+        "held": many["held"],
+        "connect_s": many["connect_s"],
+        "complete": many["complete"],
+        "warm": many["warm"],
         "_raw": {
-            "pub": pub,
+            "pub": many["_raw"]["pub"],
             "pub_control": pub_c,
-            "subs": strip(res),
+            "subs": many["_raw"]["subs"],
             "control": strip(res_c),
-            "cpu_ns": [c0.cpu_ns, c1.cpu_ns, u0.cpu_ns, u1.cpu_ns],
+            "cpu_ns": [c0.cpu_ns, c1.cpu_ns, u0_ns, u1_ns],
         },
     }
 

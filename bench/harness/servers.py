@@ -222,7 +222,7 @@ class Server(_Process):
 class RedisServer(_Process):
     """A throwaway redis-server on a free loopback port, no persistence, on the servers' core."""
 
-    def __init__(self, logfile: Path) -> None:
+    def __init__(self, logfile: Path, *, preexec_fn: Callable[[], None] | None = None) -> None:
         self.port = free_port()
         self.url = f"redis://127.0.0.1:{self.port}/0"
         rundir = BUILD / "run"
@@ -243,7 +243,7 @@ class RedisServer(_Process):
             "--dir",
             str(rundir),
         ]
-        super().__init__("redis-server", cmd, logfile)
+        super().__init__("redis-server", cmd, logfile, preexec_fn=preexec_fn)
 
     def wait_ready(self, timeout: float = 30.0) -> None:
         """Until PING answers +PONG."""
