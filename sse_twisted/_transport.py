@@ -14,8 +14,6 @@ another module.
 from __future__ import annotations
 
 import struct
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 from twisted.internet import tcp
@@ -42,14 +40,13 @@ __all__ = [
     "chunk",
     "chunk_writer",
     "close_idle_h2",
-    "coalesced",
     "endpoint_port",
     "http_protocol",
     "pending_bytes",
     "probe_tcp",
     "request_gone",
+    "send",
     "stream_flushed",
-    "write_through",
 ]
 
 _TCPServer = tcp.Server
@@ -58,7 +55,7 @@ _TCPServer = tcp.Server
 def probe_tcp(server_class: type = _TCPServer) -> bool:
     """
     Whether C{server_class} (Twisted's TCP server connection) has the buffer
-    fields and socket that L{write_through} and L{pending_bytes} read: as
+    fields and socket that L{send} and L{pending_bytes} read: as
     class attributes, or assigned by an C{__init__} in its MRO.
     """
     assigned: set[str] = set()
@@ -92,53 +89,7 @@ def chunk_writer(request: Request) -> Any:
     return getattr(channel, "transport", None)
 
 
-#: Writes held back, per transport, while a batch of events is published
-#: (L{coalesced}); C{None} otherwise.
-_held: dict[Any, list[bytes]] | None = None
-
-
-@contextmanager
-def coalesced() -> Iterator[None]:
-    """
-    Hold back what L{write_through} is given until the block ends, then send
-    each transport its bytes in one write: a batch of events published in one
-    reactor turn costs each subscriber one C{send()}, not one per event.
-
-    Only a batch is held (a lone event is never delayed), and only for the
-    synchronous block: nothing waits for a later turn. Nested blocks join
-    the outermost one.
-    """
-    global _held
-    if _held is not None:
-        yield
-        return
-    held: dict[Any, list[bytes]] = {}
-    _held = held
-    try:
-        yield
-    finally:
-        _held = None
-        for transport, parts in held.items():
-            _send(transport, parts[0] if len(parts) == 1 else b"".join(parts))
-
-
-def write_through(transport: Any, data: bytes) -> None:
-    """
-    Write C{data} to C{transport} now (L{_send}), or, inside L{coalesced},
-    once the batch is published.
-    """
-    held = _held
-    if held is None:
-        _send(transport, data)
-        return
-    parts = held.get(transport)
-    if parts is None:
-        held[transport] = [data]
-    else:
-        parts.append(data)
-
-
-def _send(transport: Any, data: bytes) -> None:
+def send(transport: Any, data: bytes) -> None:
     """
     Write C{data} to C{transport}, sending at once when nothing is waiting in
     its buffer.
@@ -150,6 +101,8 @@ def _send(transport: Any, data: bytes) -> None:
     C{transport.write} as before, so ordering, buffering, flow control and
     error handling stay Twisted's. Only for plain TCP connections whose
     fields the import-time probe found; anything else gets its own C{write}.
+    (The fan-out hands its chunks to L{sse_twisted.outbox.Outbox}, which
+    sends through here.)
     """
     if (
         not FAST_TCP

@@ -28,7 +28,6 @@ from twisted.web.http_headers import Headers
 from twisted.web.server import NOT_DONE_YET, Request
 
 from ._reactor import default_reactor
-from ._transport import coalesced
 from .access import Matching, validate_pattern
 from .ending import StreamEnds
 from .event import Event, InvalidItem, Item
@@ -37,6 +36,7 @@ from .hooks import EndReports, OnSubscribe, OnUnsubscribe
 from .idempotency import DEFAULT_WINDOW, IIdempotency, MemoryIdempotency, publish_once
 from .index import SubscriberIndex
 from .lifetime import Lifetimes
+from .outbox import Outbox, held
 from .presence import Presence, PresenceTracker
 from .publishing import Published, Publishing
 from .relay import IRelay
@@ -181,6 +181,8 @@ class SSEBroker(Publishing, Service):
         self._prefix = _run_prefix() if id_prefix is None else id_prefix
         self._seq = 0
         self._index = SubscriberIndex(on_empty=self._stop_timers)
+        #: The fast path's writes, coalesced per connection and sent in slices.
+        self.outbox = Outbox(self._call_later)
         # One bound method shared by every subscriber (64 bytes each otherwise).
         self._end_hook = self._on_end
         # Read by tests (the index's own collections, never replaced).
@@ -325,6 +327,7 @@ class SSEBroker(Publishing, Service):
             user=user,
             patterns=globs,
             envelope=envelope,
+            outbox=self.outbox,
         )
         self._add(sub)
         request.registerProducer(sub, True)
@@ -412,6 +415,9 @@ class SSEBroker(Publishing, Service):
 
     # Publishing: one path
 
+    def _call_later(self, delay: float, f: Any) -> Any:
+        return self.reactor.callLater(delay, f)
+
     def next_id(self) -> str:
         """Reserve the next id: unique and increasing within this broker."""
         self._seq += 1
@@ -423,7 +429,9 @@ class SSEBroker(Publishing, Service):
         deliver it; all or none.
 
         Without a relay the ids are this broker's and the events go out at
-        once: the list of what was published is the answer. With a relay,
+        once (the first slice of connections now, the rest in the next
+        reactor turns: L{sse_twisted.outbox}): the list of what was
+        published is the answer. With a relay,
         the relay stores them and chooses the ids, and they go out when it
         hands them back, on every node: the answer is a Deferred of that
         list, and C{clients} counts this node's matching subscribers when
@@ -439,8 +447,8 @@ class SSEBroker(Publishing, Service):
         relay = self.relay
         if relay is None:
             done = []
-            # A batch goes out as one write per subscriber (a lone event at once).
-            with coalesced() if len(items) > 1 else nullcontext():
+            # A batch goes out as one write per subscriber.
+            with held() if len(items) > 1 else nullcontext():
                 for item in items:
                     event_id = item.id if item.id is not None else self.next_id()
                     event = item.framed(event_id)
@@ -477,7 +485,8 @@ class SSEBroker(Publishing, Service):
     def dispatch(self, event: Event) -> int:
         """
         Write C{event}'s frame to every matching subscriber (the relay's
-        delivery path, and the last step of L{publish_items}).
+        delivery path, and the last step of L{publish_items}): through the
+        L{outbox}, one slice of connections before it returns.
 
         @return: how many subscribers it went to (written or queued; not
             those it was dropped for, nor those that will get it from the
@@ -487,7 +496,9 @@ class SSEBroker(Publishing, Service):
         stats.published += 1
         if self.history is not None and event.id is not None:
             self.history.append(event)
-        sent = self._index.deliver(event)
+        outbox = self.outbox
+        sent = self._index.deliver(event, outbox.add)
+        outbox.kick()
         stats.delivered += sent
         stats.bytes_sent += sent * len(event.frame)
         return sent

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Collection, Iterable, Iterator
 from fnmatch import fnmatchcase
-from typing import cast
+from typing import Any, cast
 
 from . import _transport
 from .access import Matching, literal_prefix
@@ -18,17 +18,21 @@ from .subscriber import Subscriber
 __all__ = ["PatternIndex", "SubscriberIndex", "deliver"]
 
 
-def deliver(groups: Iterable[Collection[Subscriber] | None], event: Event) -> int:
+def deliver(
+    groups: Iterable[Collection[Subscriber] | None],
+    event: Event,
+    add: Callable[[Any, bytes], object],
+) -> int:
     """
     Write C{event} to every subscriber in C{groups}: the same frame for all,
-    framed as one HTTP/1.1 chunk once for those on the fast path.
+    framed as one HTTP/1.1 chunk once for those on the fast path, which go
+    to C{add} (L{sse_twisted.outbox.Outbox.add}) with their transport.
 
     @return: how many it went to (written or queued; not those it was
         dropped for, nor those that will read it from the history).
     """
     frame = event.frame
     chunk: bytes | None = None
-    write_through = _transport.write_through
     sent = 0
     for group in groups:
         if not group:
@@ -39,7 +43,7 @@ def deliver(groups: Iterable[Collection[Subscriber] | None], event: Event) -> in
             if fast is not None:
                 if chunk is None:
                     chunk = _transport.chunk(frame)
-                write_through(fast, chunk)
+                add(fast, chunk)
             elif not sub.send(event):
                 sent -= 1
     return sent
@@ -275,16 +279,17 @@ class SubscriberIndex:
             return len(self.subscribers)
         return sum(len(group) for group in self.receivers(channel) if group)
 
-    def deliver(self, event: Event) -> int:
+    def deliver(self, event: Event, add: Callable[[Any, bytes], object]) -> int:
         """
-        Hand C{event} to every subscriber that receives its channel, once.
+        Hand C{event} to every subscriber that receives its channel, once
+        (those on the fast path through C{add}).
 
         @return: how many it went to (see L{sse_twisted.index.deliver}).
         """
         groups = self.receivers(event.channel)
         self._walking = True
         try:
-            return deliver(groups, event)
+            return deliver(groups, event, add)
         finally:
             self._walking = False
             if self._removals:

@@ -24,6 +24,7 @@ from . import _transport
 from .backlog import Backlog
 from .event import Event, reset_notice
 from .history import IHistory
+from .outbox import Outbox
 from .stats import Stats
 
 __all__ = ["OVERFLOW_POLICIES", "EndReason", "Overflow", "Subscriber"]
@@ -72,6 +73,10 @@ class Subscriber:
         (then C{readable} is an L{sse_twisted.access.Matching}).
     @param envelope: send every event as an envelope (L{Event.envelope}),
         notices too.
+    @param outbox: where the broker's fan-out leaves this stream's chunks
+        while it is on the fast path; every other write to the connection
+        sends them first, so the order on the connection is the order
+        written.
     """
 
     log = Logger()
@@ -85,6 +90,7 @@ class Subscriber:
         "_history",
         "_live",
         "_on_end",
+        "_outbox",
         "_paused",
         "_queue",
         "_stats",
@@ -117,6 +123,7 @@ class Subscriber:
         user: str | None = None,
         patterns: frozenset[str] | None = None,
         envelope: bool = False,
+        outbox: Outbox | None = None,
     ) -> None:
         self.request = request
         #: Who holds the stream (a JWT's C{sub}), if known.
@@ -135,6 +142,7 @@ class Subscriber:
         self._history = history
         self._stats = stats
         self._on_end = on_end
+        self._outbox = outbox
         self._paused = False
         self._live = True
         self._chunk_writer: Any = None
@@ -169,6 +177,17 @@ class Subscriber:
     def queued(self) -> int:
         """How many events wait in the queue."""
         return self._queue.held if self._queue is not None else 0
+
+    @property
+    def held(self) -> int:
+        """
+        Bytes the outbox holds for the connection: a fan-out's later slices,
+        sent within a few reactor turns.
+        """
+        outbox = self._outbox
+        if outbox is None or self._chunk_writer is None:
+            return 0
+        return outbox.held_bytes(self._chunk_writer)
 
     @property
     def ended(self) -> bool:
@@ -263,11 +282,23 @@ class Subscriber:
         the history holds; C{0}: none).
         """
         self._chunk_writer = _transport.chunk_writer(self.request)
+        if self._chunk_writer is not None and self._outbox is not None:
+            self._write = self._write_in_order
         self._set_live(self._live)
         if last_event_id:
             self._resume_from(last_event_id)
         elif replay != 0 and self._history is not None:
             self._replay(replay)
+
+    def _write_in_order(self, data: bytes) -> None:
+        """C{request.write}, once what the outbox holds for the connection is sent."""
+        self._flush_outbox()
+        self.request.write(data)
+
+    def _flush_outbox(self) -> None:
+        outbox = self._outbox
+        if outbox is not None and self._chunk_writer is not None:
+            outbox.flush(self._chunk_writer)
 
     def _set_live(self, live: bool) -> None:
         live = live and not self._ended
@@ -422,6 +453,7 @@ class Subscriber:
         request = self.request
         if _transport.request_gone(request):  # finish() would raise
             return
+        self._flush_outbox()
         if owed:
             self._flush(force=True)
         if last:
@@ -451,4 +483,6 @@ class Subscriber:
         self.end(reason)
         self._cursor = None
         self._queue = None
+        if self._outbox is not None and self._chunk_writer is not None:
+            self._outbox.discard(self._chunk_writer)
         _transport.abort(self._channel, self.transport)

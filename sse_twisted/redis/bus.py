@@ -31,8 +31,8 @@ from twisted.python.failure import Failure
 from zope.interface import provider
 
 from .._reactor import default_reactor
-from .._transport import coalesced
 from ..event import Event, Item
+from ..outbox import held
 from ..relay import BatchTooLarge
 from ..stats import Histogram
 from .entries import item_fields, stream_id_key
@@ -460,7 +460,7 @@ class RedisBus:
 
     def _deliver(self, entries: Sequence[Any]) -> None:
         # The entries of one read go to each subscriber in one write.
-        with coalesced() if len(entries) > 1 else nullcontext():
+        with held() if len(entries) > 1 else nullcontext():
             self._deliver_each(entries)
 
     def _deliver_each(self, entries: Sequence[Any]) -> None:

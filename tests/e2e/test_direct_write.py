@@ -8,7 +8,7 @@ import pytest
 import pytest_twisted
 
 from sse_twisted import SSEBroker, _transport
-from sse_twisted._transport import write_through
+from sse_twisted._transport import send
 from sse_twisted.parser import EventStreamParser
 from sse_twisted.resource import StreamResource
 
@@ -84,5 +84,5 @@ def test_other_transports_keep_their_write() -> None:
     from twisted.internet.testing import StringTransport
 
     t = StringTransport()
-    write_through(t, b"abc")
+    send(t, b"abc")
     assert t.value() == b"abc"

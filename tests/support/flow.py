@@ -504,7 +504,10 @@ def _gap(
 
 
 def is_idle(conn: Connection) -> bool:
-    """Everything written is read, the stream is open and flowing: nothing may be owed."""
+    """
+    Everything written is read, the stream is open and flowing, and the
+    outbox holds nothing for it (a fan-out's later slices): nothing may be owed.
+    """
     tr = conn.transport
     return (
         not tr.lost
@@ -512,6 +515,7 @@ def is_idle(conn: Connection) -> bool:
         and not tr.throttled
         and tr.unread == 0
         and conn.subscriber is not None
+        and not conn.subscriber.held
     )
 
 

@@ -66,6 +66,7 @@ from sse_twisted.app import make_resource
 from sse_twisted.auth import JWTAuth
 from sse_twisted.event import Event
 from sse_twisted.history import MemoryHistory
+from sse_twisted.outbox import HELD_BYTES, SLICE
 from sse_twisted.resource import StreamResource
 from sse_twisted.site import SSESite
 from sse_twisted.subscriber import OVERFLOW_POLICIES
@@ -126,6 +127,7 @@ class World:
         tolerate: frozenset[str] = KNOWN_BUGS,
         standalone_site: bool = False,
         max_lifetime: float = 0,
+        slice_size: int = SLICE,
     ) -> None:
         self.tolerate = tolerate
         self.clock = Clock()
@@ -148,6 +150,9 @@ class World:
             write_timeout=write_timeout,
             max_lifetime=max_lifetime,
         )
+        # Small slices: a fan-out's later slices wait for reactor turns,
+        # while clients read, leave, drain and more is published.
+        self.broker.outbox.slice_size = slice_size
         self.queue_size = queue_size
         self.mark = mark
         root: Any
@@ -198,9 +203,10 @@ class World:
         claims = {"exp": self.clock.seconds() + self.expiry}
         return "token=" + jwt.encode(claims, SECRET, algorithm="HS256")
 
-    def read(self, s: Session, n: int | None = None) -> None:
+    def read(self, s: Session, n: int | None = None, settle: bool = True) -> None:
         s.current.transport.read(n)
-        self.settle()
+        if settle:
+            self.settle()
 
     def read_up(self, s: Session) -> None:
         """The client reads until nothing more waits (each read may let more be written)."""
@@ -243,27 +249,36 @@ class World:
             it["event"] = "tick"
         return it
 
-    def publish(self, channel: str, size: int, with_id: bool, text: bool, named: bool) -> Event:
+    def publish(
+        self, channel: str, size: int, with_id: bool, text: bool, named: bool, settle: bool = True
+    ) -> Event:
         it = self.item(channel, size, with_id, text, named)
         if text:
             ev = self.broker.publish_text(channel, it.get("event"), it["text"], id=it.get("id"))
         else:
             ev = self.broker.publish(channel, it.get("event"), it["data"], id=it.get("id"))
         assert isinstance(ev, Event)
-        self.record([ev])
+        self.record([ev], settle)
         return ev
 
-    def publish_many(self, batch: list[tuple[str, int, bool, bool, bool]]) -> None:
+    def publish_many(
+        self, batch: list[tuple[str, int, bool, bool, bool]], settle: bool = True
+    ) -> None:
         out: list[Event] = []
         self.broker.publish_many([self.item(*b) for b in batch]).addCallback(out.extend)
         assert len(out) == len(batch)
-        self.record(out)
+        self.record(out, settle)
 
-    def record(self, events: list[Event]) -> None:
+    def record(self, events: list[Event], settle: bool = True) -> None:
+        """
+        Note what was published; then let the reactor turn (C{settle}), or
+        not: the outbox's later slices still wait when the next step runs.
+        """
         self.ledger.record(events)
         self.largest = max([self.largest, *(frame_size(e) for e in events)])
         assert self.broker.stats.published == len(self.ledger)
-        self.settle()
+        if settle:
+            self.settle()
 
     # Time and the end
 
@@ -291,8 +306,11 @@ class World:
         held = subscribers_of(self.broker)
         assert held <= live, f"streams held after their connection went: {held - live}"
         # Held while stalled: the unread bytes may pass the mark by what one
-        # flush writes at most: the queue, the history, and a few notices.
-        bound = self.mark + 400 + self.largest * (self.queue_size + self.history_size + 2)
+        # flush writes at most: the queue, the history, and a few notices;
+        # or by what the outbox held for the connection (HELD_BYTES and one event).
+        bound = (
+            self.mark + 400 + self.largest * (self.queue_size + self.history_size + 3) + HELD_BYTES
+        )
         for s in self.sessions:
             for conn in s.connections:
                 sub = conn.subscriber
@@ -379,6 +397,7 @@ class StreamModel(RuleBasedStateMachine):
         standalone_site=st.booleans(),
         max_lifetime=st.sampled_from([0, 0, 2.0, 5.0]),
         patterns=st.none() | pattern_sets,
+        slice_size=st.sampled_from([1, 2, SLICE]),
     )
     def start(
         self,
@@ -395,6 +414,7 @@ class StreamModel(RuleBasedStateMachine):
         standalone_site: bool,
         max_lifetime: float,
         patterns: frozenset[str] | None,
+        slice_size: int,
     ) -> None:
         """A broker with one overflow policy, and a first subscriber (else runs check little)."""
         if overflow == "catchup" and history is None:
@@ -411,6 +431,7 @@ class StreamModel(RuleBasedStateMachine):
             write_timeout=write_timeout,
             standalone_site=standalone_site,
             max_lifetime=max_lifetime,
+            slice_size=slice_size,
         )
         self.world.subscribe(channels, patterns=patterns)
 
@@ -473,27 +494,40 @@ class StreamModel(RuleBasedStateMachine):
         self.world.subscribe(channels, origin, replay, patterns)
 
     @precondition(lambda self: self._open())
-    @rule(item=items)
-    def publish(self, item: tuple[str, int, bool, bool, bool]) -> None:
-        self.world.publish(*item)
+    @rule(item=items, settle=st.booleans())
+    def publish(self, item: tuple[str, int, bool, bool, bool], settle: bool) -> None:
+        """One event; the reactor turns after it, or the next step comes first."""
+        self.world.publish(*item, settle=settle)
 
     @precondition(lambda self: self._open())
-    @rule(channel=st.sampled_from(CHANNELS), count=st.integers(2, 12))
-    def publish_burst(self, channel: str, count: int) -> None:
-        """Many small events one after the other (a stalled client's queue fills)."""
+    @rule(channel=st.sampled_from(CHANNELS), count=st.integers(2, 12), settle=st.booleans())
+    def publish_burst(self, channel: str, count: int, settle: bool) -> None:
+        """
+        Many small events one after the other (a stalled client's queue
+        fills); without turns between them (C{settle} false) they pile up
+        in the outbox for the connections its first slice did not reach.
+        """
         for _ in range(count):
-            self.world.publish(channel, 10, False, False, False)
+            self.world.publish(channel, 10, False, False, False, settle=settle)
 
     @precondition(lambda self: self._open())
-    @rule(batch=st.lists(items, min_size=1, max_size=5))
-    def publish_many(self, batch: list[tuple[str, int, bool, bool, bool]]) -> None:
-        self.world.publish_many(batch)
+    @rule(batch=st.lists(items, min_size=1, max_size=5), settle=st.booleans())
+    def publish_many(self, batch: list[tuple[str, int, bool, bool, bool]], settle: bool) -> None:
+        self.world.publish_many(batch, settle)
 
-    @rule(i=st.integers(0, MAX_SESSIONS - 1), n=st.one_of(st.none(), st.integers(1, 400)))
-    def read(self, i: int, n: int | None) -> None:
-        """The client reads n bytes, or all that waits (None)."""
+    @rule(
+        i=st.integers(0, MAX_SESSIONS - 1),
+        n=st.one_of(st.none(), st.integers(1, 400)),
+        settle=st.booleans(),
+    )
+    def read(self, i: int, n: int | None, settle: bool) -> None:
+        """
+        The client reads n bytes, or all that waits (None); the reactor
+        turns after it, or (the socket drained before the outbox's next
+        slice) the next step comes first.
+        """
         if self._has_sessions():
-            self.world.read(self._pick(i), n)
+            self.world.read(self._pick(i), n, settle)
 
     @rule(i=st.integers(0, MAX_SESSIONS - 1))
     def leave(self, i: int) -> None:
@@ -509,6 +543,17 @@ class StreamModel(RuleBasedStateMachine):
         ended = [s for s in self.world.sessions if s.current.finished_for_client]
         if ended:
             self.world.reconnect(ended[i % len(ended)])
+
+    @rule()
+    def late_heartbeat(self) -> None:
+        """
+        A heartbeat whose timer was due before the outbox's next slice (a
+        busy reactor runs the oldest timer first): written while a fan-out
+        still owes streams events, it must come after them.
+        """
+        if hasattr(self, "world"):
+            for sub in subscribers_of(self.world.broker):
+                sub.send_unqueued(b": heartbeat\n\n")
 
     @rule(seconds=st.sampled_from([0.05, 0.5, HEARTBEAT, 3.0, 6.0]))
     def advance(self, seconds: float) -> None:

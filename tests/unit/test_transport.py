@@ -48,11 +48,11 @@ def _tcp_server(written: list[bytes]) -> Any:
 
 
 def test_fallback_writes_through_twisted(monkeypatch: pytest.MonkeyPatch) -> None:
-    """With the probe failed, write_through is transport.write and pending bytes are unknown."""
+    """With the probe failed, send is transport.write and pending bytes are unknown."""
     monkeypatch.setattr(_transport, "FAST_TCP", False)
     written: list[bytes] = []
     server = _tcp_server(written)
-    _transport.write_through(server, b"chunk")
+    _transport.send(server, b"chunk")
     assert written == [b"chunk"]
     assert _transport.pending_bytes(server) is None
 
