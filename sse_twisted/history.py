@@ -54,8 +54,10 @@ class IHistory(Protocol):
         """How many events are held."""
 
 
-#: Bytes of frames a history keeps by default (64 MiB).
-DEFAULT_HISTORY_BYTES = 64 << 20
+#: Bytes of frames a history keeps by default (4 MiB): 1,000 events of up to
+#: 4 KiB each; larger events shorten the window rather than grow the process
+#: (the history is most of what a process holds beyond its streams).
+DEFAULT_HISTORY_BYTES = 4 << 20
 
 
 class MemoryHistory:
