@@ -31,10 +31,17 @@ from typing import Any
 
 from . import _transport
 
-__all__ = ["HELD_BYTES", "SLICE", "Outbox", "held"]
+__all__ = ["FIRST_SLICE", "HELD_BYTES", "SLICE", "Outbox", "held"]
 
-#: Connections sent to per slice (per reactor turn): ~0.4 ms of C{send()}s.
-SLICE = 64
+#: Connections sent to before a publish returns (and its answer is written):
+#: ~0.4 ms of C{send()}s, so a publisher hears back, and publishes again,
+#: while the rest of the fan-out goes on.
+FIRST_SLICE = 64
+#: Connections sent to per later reactor turn: ~0.8 ms of C{send()}s. Fewer
+#: turns cost a burst its coalescing, more cost a lone event latency: 64/128
+#: measured 2.6 µs of CPU per delivered event in the burst against 4.1 at
+#: 64/256 and 1.6 at 64/64, with the paced p99 equal to the unsliced one's.
+SLICE = 128
 #: About the most bytes held for one connection: more is sent at once.
 HELD_BYTES = 32 * 1024
 
@@ -72,15 +79,28 @@ class Outbox:
         after the first.
     """
 
-    __slots__ = ("_call", "_call_later", "_order", "_pending", "_waiting", "slice_size")
+    __slots__ = (
+        "_call",
+        "_call_later",
+        "_order",
+        "_pending",
+        "_waiting",
+        "first_slice",
+        "slice_size",
+    )
 
-    def __init__(self, call_later: Any, slice_size: int = SLICE) -> None:
-        if slice_size < 1:
-            raise ValueError(f"slice_size must be at least 1, got {slice_size}")
+    def __init__(
+        self, call_later: Any, slice_size: int = SLICE, first_slice: int = FIRST_SLICE
+    ) -> None:
+        if slice_size < 1 or first_slice < 1:
+            raise ValueError(f"slices must be at least 1, got {first_slice} and {slice_size}")
         self._call_later = call_later
-        #: Connections sent to per slice.
+        #: Connections sent to per later reactor turn.
         self.slice_size = slice_size
-        self._pending: dict[Any, list[bytes]] = {}
+        #: Connections sent to by L{kick}, before the publish returns.
+        self.first_slice = first_slice
+        # What each connection is owed: one chunk, or a list of them.
+        self._pending: dict[Any, bytes | list[bytes]] = {}
         # Connections in the order they were owed; one flushed early stays
         # here and is skipped when its turn comes.
         self._order: deque[Any] = deque()
@@ -93,24 +113,34 @@ class Outbox:
 
     def add(self, transport: Any, data: bytes) -> None:
         """Owe C{data} to C{transport}; sent by a later L{kick} or L{flush}."""
-        parts = self._pending.get(transport)
-        if parts is None:
-            self._pending[transport] = [data]
+        pending = self._pending
+        owed = pending.get(transport)
+        if owed is None:
+            # The common case (a lone event) allocates no container: a list
+            # per connection per event would wake the cyclic GC every event,
+            # and its full collections are tens of milliseconds of latency.
+            pending[transport] = data
             self._order.append(transport)
             return
-        parts.append(data)
-        if len(parts) * len(data) >= HELD_BYTES:
+        if isinstance(owed, bytes):
+            owed = pending[transport] = [owed, data]
+        else:
+            owed.append(data)
+        if len(owed) * len(data) >= HELD_BYTES:
             self.flush(transport)
 
     def held_bytes(self, transport: Any) -> int:
         """How many bytes are owed to C{transport}."""
-        return sum(map(len, self._pending.get(transport, ())))
+        owed = self._pending.get(transport)
+        if owed is None:
+            return 0
+        return len(owed) if isinstance(owed, bytes) else sum(map(len, owed))
 
     def flush(self, transport: Any) -> None:
         """Send what C{transport} is owed, now: before anything else is written to it."""
-        parts = self._pending.pop(transport, None)
-        if parts is not None:
-            _transport.send(transport, parts[0] if len(parts) == 1 else b"".join(parts))
+        owed = self._pending.pop(transport, None)
+        if owed is not None:
+            _transport.send(transport, owed if isinstance(owed, bytes) else b"".join(owed))
 
     def discard(self, transport: Any) -> None:
         """Forget what C{transport} is owed (its connection is being dropped)."""
@@ -128,37 +158,36 @@ class Outbox:
             return
         self._waiting = False
         if self._call is None:
-            self._send_slice()
+            self._send_slice(self.first_slice)
             self._schedule()
 
     def _turn(self) -> None:
         self._call = None
-        self._send_slice()
+        self._send_slice(self.slice_size)
         self._schedule()
 
     def _schedule(self) -> None:
         if self._pending and self._call is None:
             self._call = self._call_later(0, self._turn)
 
-    def _send_slice(self) -> None:
+    def _send_slice(self, left: int) -> None:
         pending = self._pending
         order = self._order
         send = _transport.send
         # Connections on the same channels are owed the same chunks: join once.
         last_parts: list[bytes] | None = None
         last_data = b""
-        left = self.slice_size
         while left and order:
             transport = order.popleft()
-            parts = pending.pop(transport, None)
-            if parts is None:
+            owed = pending.pop(transport, None)
+            if owed is None:
                 continue  # flushed or discarded already
             left -= 1
-            if len(parts) == 1:
-                data = parts[0]
-            elif parts == last_parts:
+            if isinstance(owed, bytes):
+                data = owed
+            elif owed == last_parts:
                 data = last_data
             else:
-                data = last_data = b"".join(parts)
-                last_parts = parts
+                data = last_data = b"".join(owed)
+                last_parts = owed
             send(transport, data)

@@ -48,7 +48,7 @@ def _turn(clock: Clock) -> None:
 
 def _streams(clock: Clock, n: int, slice_size: int) -> tuple[Any, list[Conn], list[list[bytes]]]:
     broker, site = serve(clock, stream_only=True)
-    broker.outbox.slice_size = slice_size
+    broker.outbox.slice_size = broker.outbox.first_slice = slice_size
     conns = [Conn(site, b"/events?channel=a") for _ in range(n)]
     return broker, conns, [_count_writes(c) for c in conns]
 
@@ -184,7 +184,7 @@ def test_a_write_that_pauses_a_stream_the_outbox_owes_keeps_the_order(clock: Clo
     publish order (the owed one went out before the heartbeat).
     """
     broker, site = serve(clock, stream_only=True)
-    broker.outbox.slice_size = 1
+    broker.outbox.slice_size = broker.outbox.first_slice = 1
     conns = [Conn(site, b"/events?channel=a", limit=2000) for _ in range(2)]
     writes = [_count_writes(c) for c in conns]
     broker.publish("a", text="one")

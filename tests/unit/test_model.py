@@ -152,7 +152,7 @@ class World:
         )
         # Small slices: a fan-out's later slices wait for reactor turns,
         # while clients read, leave, drain and more is published.
-        self.broker.outbox.slice_size = slice_size
+        self.broker.outbox.slice_size = self.broker.outbox.first_slice = slice_size
         self.queue_size = queue_size
         self.mark = mark
         root: Any
