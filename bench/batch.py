@@ -4,8 +4,8 @@ against B POSTs of one, to N reading subscribers, for one or more builds of twis
 interleaved round by round (the machine is shared: read medians and ratios).
 
 A batch published in one reactor turn goes out as one write per subscriber
-(`_transport.coalesced`); a lone event is written at once, as before. This measures
-what that buys, and that single-event publishing does not pay for it.
+(`sse_twisted.outbox.held`); a lone event's first 64 connections are written at once,
+the rest a slice per reactor turn. This measures what batching buys.
 
     python3 bench/batch.py [--twistd NAME=PATH ...] [--rounds 3] [--subscribers 1000]
         [--events 400] [--batches 1,20]

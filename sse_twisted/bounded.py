@@ -26,7 +26,7 @@ from twisted.web.http_headers import Headers
 from twisted.web.resource import IResource
 from twisted.web.server import Request, Site
 
-from ._transport import bad_request, http_protocol, request_gone, set_site
+from ._transport import accept_waiting, bad_request, http_protocol, request_gone, set_site
 from .errors import HTTPError, encode_json_body, safe_message
 
 __all__ = ["DISCARD_BODY", "LINGER", "BoundedChannel", "BoundedRequest", "BoundedSite"]
@@ -318,6 +318,9 @@ class BoundedChannel(HTTPChannel):
             self._linger.cancel()
         self._linger = None
         super().connectionLost(reason)
+        closed = getattr(getattr(self, "site", None), "closed", None)
+        if closed is not None:
+            closed()
 
 
 #: The attributes that twisted.web's HTTPChannel (with LineReceiver and
@@ -424,10 +427,34 @@ class BoundedSite(Site):
 
     requestFactory = BoundedRequest
 
+    #: Connections closed between two looks at the listening ports (L{closed}).
+    ACCEPT_EVERY = 128
+
     def __init__(self, resource: IResource, *, header_timeout: float = 10.0, **kw: Any) -> None:
         super().__init__(resource, **kw)
         self.header_timeout = header_timeout
         self._channel_class = channel_class(self, header_timeout)
+        self._ports: list[object] = []
+        self._closes = 0
+
+    def accept_while_closing(self, port: object) -> None:
+        """Look at listening C{port} for new connections while many close (L{closed})."""
+        self._ports.append(port)
+
+    def closed(self) -> None:
+        """
+        One of this site's connections closed. When thousands close in one
+        reactor turn (a proxy restarting, a network blip), the reactor reads
+        the listening port only after them all, a few hundred milliseconds
+        in which the same clients, reconnecting, fill the kernel's accept
+        queue: each SYN it drops costs its client a full second. Accepting
+        every L{ACCEPT_EVERY} closes keeps that queue short.
+        """
+        self._closes += 1
+        if self._closes >= self.ACCEPT_EVERY:
+            self._closes = 0
+            for port in self._ports:
+                accept_waiting(port)
 
     def buildProtocol(self, addr: IAddress | None) -> Any:
         """

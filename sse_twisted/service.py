@@ -19,6 +19,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from ._reactor import default_reactor
+from ._transport import accept_eagerly
 from ._version import __version__
 from .broker import SSEBroker
 
@@ -203,6 +204,10 @@ class ListeningService(StreamServerEndpointService):
 
     def _listened(self, port: IListeningPort) -> IListeningPort:
         self.port = port
+        accept_eagerly(port)
+        accept_while_closing = getattr(self.factory, "accept_while_closing", None)
+        if accept_while_closing is not None:
+            accept_while_closing(port)
         self.log.info(
             "sse_twisted {version} listening on {address}{banner}",
             version=__version__,

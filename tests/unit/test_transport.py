@@ -6,6 +6,8 @@ from typing import Any
 
 import pytest
 from twisted.internet import tcp
+from twisted.internet.error import ConnectionDone
+from twisted.python.failure import Failure
 
 from sse_twisted import _transport
 
@@ -60,3 +62,61 @@ def test_fallback_writes_through_twisted(monkeypatch: pytest.MonkeyPatch) -> Non
 def test_chunk_is_what_request_write_sends() -> None:
     """A pre-built chunk is an HTTP/1.1 chunk of the frame."""
     assert _transport.chunk(b"data: x\n\n") == b"9\r\ndata: x\n\n\r\n"
+
+
+def _port(accepts: list[int]) -> tcp.Port:
+    """A listening tcp.Port whose reads only record how many it would accept."""
+    from twisted.internet.protocol import Factory
+
+    port = tcp.Port(0, Factory())
+    port.connected = True
+    port.numberAccepts = 100
+    port.doRead = lambda: accepts.append(port.numberAccepts)  # type: ignore[method-assign]
+    return port
+
+
+def test_a_port_accepts_at_least_a_thousand_per_read() -> None:
+    """
+    Twisted drops numberAccepts to what its last read found (1 when idle):
+    each read starts from ACCEPTS_PER_READ again. Anything else is left alone.
+    """
+    accepts: list[int] = []
+    port = _port(accepts)
+    port.numberAccepts = 1
+    assert _transport.accept_eagerly(port)
+    port.doRead()
+    port.numberAccepts = 5000  # Twisted grew it: kept
+    port.doRead()
+    assert accepts == [_transport.ACCEPTS_PER_READ, 5000]
+    assert not _transport.accept_eagerly(object())
+
+
+def test_a_site_accepts_while_its_connections_close() -> None:
+    """Every 128 closed connections the site reads its listening ports (not stopped ones)."""
+    from twisted.internet.task import Clock
+
+    from sse_twisted import SSEBroker
+    from sse_twisted.resource import StreamResource
+    from sse_twisted.site import SSESite
+
+    from ..support.conn import Conn
+
+    clock = Clock()
+    site = SSESite(
+        StreamResource(SSEBroker(reactor=clock, heartbeat=0)),
+        header_timeout=0,
+        reactor=clock,
+        timeout=None,
+    )
+    accepts: list[int] = []
+    stopped: list[int] = []
+    site.accept_while_closing(_port(accepts))
+    gone = _port(stopped)
+    gone.connected = False
+    site.accept_while_closing(gone)
+    conns = [Conn(site) for _ in range(300)]
+    for conn in conns:
+        conn.transport.loseConnection()
+        conn.channel.connectionLost(Failure(ConnectionDone()))
+    assert len(accepts) == 300 // site.ACCEPT_EVERY == 2
+    assert stopped == []
