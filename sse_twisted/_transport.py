@@ -13,6 +13,7 @@ another module.
 
 from __future__ import annotations
 
+import select
 import struct
 from typing import Any
 
@@ -45,6 +46,7 @@ __all__ = [
     "close_idle_h2",
     "endpoint_port",
     "http_protocol",
+    "input_waiting",
     "pending_bytes",
     "probe_tcp",
     "request_gone",
@@ -106,6 +108,23 @@ def accept_eagerly(port: object, floor: int = ACCEPTS_PER_READ) -> bool:
 
     port.doRead = doRead  # type: ignore[method-assign]
     return True
+
+
+def input_waiting(reactor: object) -> bool:
+    """
+    Whether C{reactor} (Twisted's epoll reactor) has anything ready to
+    handle: its epoll descriptor is readable when any watched socket is.
+    C{True} where that cannot be known (another reactor, a test clock).
+    """
+    poller = getattr(reactor, "_poller", None)
+    fileno = getattr(poller, "fileno", None)
+    if fileno is None:
+        return True
+    try:
+        ready, _, _ = select.select([fileno()], [], [], 0)
+    except (OSError, ValueError):
+        return True
+    return bool(ready)
 
 
 def accept_waiting(port: object) -> None:

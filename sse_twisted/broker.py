@@ -28,6 +28,7 @@ from twisted.web.http_headers import Headers
 from twisted.web.server import NOT_DONE_YET, Request
 
 from ._reactor import default_reactor
+from ._transport import chunk, input_waiting
 from .access import Matching, validate_pattern
 from .ending import StreamEnds
 from .event import Event, InvalidItem, Item
@@ -182,7 +183,7 @@ class SSEBroker(Publishing, Service):
         self._seq = 0
         self._index = SubscriberIndex(on_empty=self._stop_timers)
         #: The fast path's writes, coalesced per connection and sent in slices.
-        self.outbox = Outbox(self._call_later)
+        self.outbox = Outbox(self._call_later, input_waiting=self._input_waiting)
         # One bound method shared by every subscriber (64 bytes each otherwise).
         self._end_hook = self._on_end
         # Read by tests (the index's own collections, never replaced).
@@ -418,6 +419,9 @@ class SSEBroker(Publishing, Service):
     def _call_later(self, delay: float, f: Any) -> Any:
         return self.reactor.callLater(delay, f)
 
+    def _input_waiting(self) -> bool:
+        return input_waiting(self.reactor)
+
     def next_id(self) -> str:
         """Reserve the next id: unique and increasing within this broker."""
         self._seq += 1
@@ -496,8 +500,11 @@ class SSEBroker(Publishing, Service):
         stats.published += 1
         if self.history is not None and event.id is not None:
             self.history.append(event)
+        fast: list[Any] = []
+        sent = self._index.deliver(event, fast)
         outbox = self.outbox
-        sent = self._index.deliver(event, outbox.add)
+        if fast:
+            outbox.add_all(fast, chunk(event.frame))
         outbox.kick()
         stats.delivered += sent
         stats.bytes_sent += sent * len(event.frame)

@@ -10,7 +10,6 @@ from collections.abc import Callable, Collection, Iterable, Iterator
 from fnmatch import fnmatchcase
 from typing import Any, cast
 
-from . import _transport
 from .access import Matching, literal_prefix
 from .event import Event
 from .subscriber import Subscriber
@@ -21,29 +20,27 @@ __all__ = ["PatternIndex", "SubscriberIndex", "deliver"]
 def deliver(
     groups: Iterable[Collection[Subscriber] | None],
     event: Event,
-    add: Callable[[Any, bytes], object],
+    fast: list[Any],
 ) -> int:
     """
-    Write C{event} to every subscriber in C{groups}: the same frame for all,
-    framed as one HTTP/1.1 chunk once for those on the fast path, which go
-    to C{add} (L{sse_twisted.outbox.Outbox.add}) with their transport.
+    Hand C{event} to every subscriber in C{groups}: the transports of those
+    on the fast path are appended to C{fast} (the caller sends them one
+    HTTP/1.1 chunk of the frame, L{sse_twisted.outbox.Outbox.add_all}); the
+    others get it through L{Subscriber.send}.
 
     @return: how many it went to (written or queued; not those it was
         dropped for, nor those that will read it from the history).
     """
-    frame = event.frame
-    chunk: bytes | None = None
+    append = fast.append
     sent = 0
     for group in groups:
         if not group:
             continue
         sent += len(group)
         for sub in group:
-            fast = sub.fast
-            if fast is not None:
-                if chunk is None:
-                    chunk = _transport.chunk(frame)
-                add(fast, chunk)
+            transport = sub.fast
+            if transport is not None:
+                append(transport)
             elif not sub.send(event):
                 sent -= 1
     return sent
@@ -279,17 +276,17 @@ class SubscriberIndex:
             return len(self.subscribers)
         return sum(len(group) for group in self.receivers(channel) if group)
 
-    def deliver(self, event: Event, add: Callable[[Any, bytes], object]) -> int:
+    def deliver(self, event: Event, fast: list[Any]) -> int:
         """
         Hand C{event} to every subscriber that receives its channel, once
-        (those on the fast path through C{add}).
+        (the transports of those on the fast path appended to C{fast}).
 
         @return: how many it went to (see L{sse_twisted.index.deliver}).
         """
         groups = self.receivers(event.channel)
         self._walking = True
         try:
-            return deliver(groups, event, add)
+            return deliver(groups, event, fast)
         finally:
             self._walking = False
             if self._removals:

@@ -6,12 +6,13 @@ whole fan-out (7 ms for 1,000 streams, 140 ms for 20,000) and costs one
 C{send()} per subscriber per event, since nothing can arrive while it runs.
 The outbox keeps, per connection, the chunks it has not sent yet, and sends
 them a slice of connections at a time: the first slice before the publish
-returns, the next ones in the following reactor turns, with input read in
-between. An event published meanwhile (a POST read between two slices, the
-items of a batch, the entries of one Redis read) joins what each connection
-is still owed, so a connection reached later gets several events in one
-C{send()}. A lone event is never held for a timer: its slices follow each
-other as fast as the reactor turns.
+returns (and its answer is written), the next ones in the following reactor
+turns, with input read in between; while nothing waits to be read or
+written, one slice follows another in the same turn. An event published
+meanwhile (a POST read between two slices, the items of a batch, the
+entries of one Redis read) joins what each connection is still owed, so a
+connection reached later gets several events in one C{send()}. A lone event
+is never held for a timer.
 
 Ordering is per connection: every other write to a stream's connection
 (heartbeats, notices, catch-up, the end of the response) first sends what
@@ -25,7 +26,7 @@ queues as before.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -75,26 +76,45 @@ class Outbox:
     The chunks owed to each fast-path connection of one broker, in the order
     the connections were first owed something.
 
+    Two forms, one meaning: while nothing else is owed, a fan-out is kept
+    as it came (one chunk, the list of its connections, how far it got),
+    so a lone event costs no bookkeeping per connection; once anything
+    more is owed, or one connection must be told apart (a flush, a
+    discard), what is left of it becomes a chunk per connection.
+
     @param call_later: the broker's reactor's C{callLater}, for the slices
         after the first.
+    @param input_waiting: whether the reactor has input (or output) ready to
+        handle: a later slice is followed by another at once while it has
+        none, so a lone event's fan-out takes few reactor turns. C{None}
+        (cannot tell): a turn after every slice.
     """
 
     __slots__ = (
         "_call",
         "_call_later",
+        "_input_waiting",
         "_order",
         "_pending",
+        "_run",
+        "_run_at",
+        "_run_chunk",
         "_waiting",
         "first_slice",
         "slice_size",
     )
 
     def __init__(
-        self, call_later: Any, slice_size: int = SLICE, first_slice: int = FIRST_SLICE
+        self,
+        call_later: Any,
+        slice_size: int = SLICE,
+        first_slice: int = FIRST_SLICE,
+        input_waiting: Callable[[], bool] | None = None,
     ) -> None:
         if slice_size < 1 or first_slice < 1:
             raise ValueError(f"slices must be at least 1, got {first_slice} and {slice_size}")
         self._call_later = call_later
+        self._input_waiting = input_waiting
         #: Connections sent to per later reactor turn.
         self.slice_size = slice_size
         #: Connections sent to by L{kick}, before the publish returns.
@@ -104,15 +124,48 @@ class Outbox:
         # Connections in the order they were owed; one flushed early stays
         # here and is skipped when its turn comes.
         self._order: deque[Any] = deque()
+        # A fan-out kept as it came: its connections from _run_at on are
+        # owed _run_chunk, and nothing else is owed (_pending is empty).
+        self._run: list[Any] | None = None
+        self._run_at = 0
+        self._run_chunk = b""
         self._call: Any = None
         self._waiting = False
 
     def __len__(self) -> int:
         """How many connections are owed something."""
-        return len(self._pending)
+        run = self._run
+        return len(self._pending) + (len(run) - self._run_at if run is not None else 0)
+
+    def add_all(self, transports: list[Any], data: bytes) -> None:
+        """
+        Owe C{data} to each of C{transports} (each once; the list is kept):
+        one event's fan-out.
+        """
+        if self._run is None and not self._pending and not _holding:
+            self._run, self._run_at, self._run_chunk = transports, 0, data
+            return
+        self._spread()
+        add = self.add
+        for transport in transports:
+            add(transport, data)
+
+    def _spread(self) -> None:
+        """What is left of the kept fan-out, as a chunk owed per connection."""
+        run = self._run
+        if run is None:
+            return
+        self._run = None
+        left = run[self._run_at :]
+        data = self._run_chunk
+        self._run_chunk = b""
+        self._pending.update(dict.fromkeys(left, data))
+        self._order.extend(left)
 
     def add(self, transport: Any, data: bytes) -> None:
         """Owe C{data} to C{transport}; sent by a later L{kick} or L{flush}."""
+        if self._run is not None:
+            self._spread()
         pending = self._pending
         owed = pending.get(transport)
         if owed is None:
@@ -133,17 +186,24 @@ class Outbox:
         """How many bytes are owed to C{transport}."""
         owed = self._pending.get(transport)
         if owed is None:
+            run = self._run
+            if run is not None and transport in run[self._run_at :]:
+                return len(self._run_chunk)
             return 0
         return len(owed) if isinstance(owed, bytes) else sum(map(len, owed))
 
     def flush(self, transport: Any) -> None:
         """Send what C{transport} is owed, now: before anything else is written to it."""
+        if self._run is not None:
+            self._spread()
         owed = self._pending.pop(transport, None)
         if owed is not None:
             _transport.send(transport, owed if isinstance(owed, bytes) else b"".join(owed))
 
     def discard(self, transport: Any) -> None:
         """Forget what C{transport} is owed (its connection is being dropped)."""
+        if self._run is not None:
+            self._spread()
         self._pending.pop(transport, None)
 
     def kick(self) -> None:
@@ -162,15 +222,36 @@ class Outbox:
             self._schedule()
 
     def _turn(self) -> None:
+        # The first slice went before the publish's answer was written; a
+        # later one goes on with the next while nothing else waits (the
+        # answer, a new request, a stream that drained), else yields a turn.
         self._call = None
+        waiting = self._input_waiting
         self._send_slice(self.slice_size)
+        while (self._pending or self._run is not None) and waiting is not None and not waiting():
+            self._send_slice(self.slice_size)
         self._schedule()
 
     def _schedule(self) -> None:
-        if self._pending and self._call is None:
+        if (self._pending or self._run is not None) and self._call is None:
             self._call = self._call_later(0, self._turn)
 
     def _send_slice(self, left: int) -> None:
+        run = self._run
+        if run is not None:
+            # Nothing else is owed: straight from the fan-out's list.
+            start = self._run_at
+            end = min(start + left, len(run))
+            data = self._run_chunk
+            send = _transport.send
+            for transport in run[start:end]:
+                send(transport, data)
+            if end == len(run):
+                self._run = None
+                self._run_chunk = b""
+            else:
+                self._run_at = end
+            return
         pending = self._pending
         order = self._order
         send = _transport.send

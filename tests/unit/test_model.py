@@ -253,6 +253,8 @@ class World:
         self, channel: str, size: int, with_id: bool, text: bool, named: bool, settle: bool = True
     ) -> Event:
         it = self.item(channel, size, with_id, text, named)
+        if len(self.broker.outbox):
+            event("path: published while the outbox owed")
         if text:
             ev = self.broker.publish_text(channel, it.get("event"), it["text"], id=it.get("id"))
         else:
@@ -397,7 +399,8 @@ class StreamModel(RuleBasedStateMachine):
         standalone_site=st.booleans(),
         max_lifetime=st.sampled_from([0, 0, 2.0, 5.0]),
         patterns=st.none() | pattern_sets,
-        slice_size=st.sampled_from([1, 2, SLICE]),
+        slice_size=st.sampled_from([1, 1, 2, SLICE]),
+        crowd=st.integers(0, 2),
     )
     def start(
         self,
@@ -415,8 +418,13 @@ class StreamModel(RuleBasedStateMachine):
         max_lifetime: float,
         patterns: frozenset[str] | None,
         slice_size: int,
+        crowd: int,
     ) -> None:
-        """A broker with one overflow policy, and a first subscriber (else runs check little)."""
+        """
+        A broker with one overflow policy, and a first subscriber (else runs
+        check little), with C{crowd} more on its channels (so that a fan-out
+        has slices left when the next step comes).
+        """
         if overflow == "catchup" and history is None:
             history = 3
         self.world = World(
@@ -434,6 +442,8 @@ class StreamModel(RuleBasedStateMachine):
             slice_size=slice_size,
         )
         self.world.subscribe(channels, patterns=patterns)
+        for _ in range(crowd):
+            self.world.subscribe(channels)
 
     def _open(self) -> bool:
         return self.world.drained is None
