@@ -205,3 +205,24 @@ def test_streams_owed_different_events_each_get_their_own(clock: Clock) -> None:
     a, b = Conn(site, b"/events?channel=a"), Conn(site, b"/events?channel=b")
     broker.publish_many([{"channel": ch, "text": f"{ch}{n}"} for n, ch in enumerate("abab")])
     assert _names(a) == ["a0", "a2"] and _names(b) == ["b1", "b3"]
+
+
+def test_later_slices_follow_each_other_while_nothing_waits() -> None:
+    """With no input waiting, the second turn sends every slice left; with input, one."""
+    clock = Clock()
+    sent: list[bytes] = []
+
+    class Transport:
+        def write(self, data: bytes) -> None:
+            sent.append(data)
+
+    for waiting, after_one_turn in ((False, 5), (True, 2)):
+        del sent[:]
+        outbox = Outbox(clock.callLater, 1, 1, input_waiting=lambda w=waiting: w)  # type: ignore[misc]
+        outbox.add_all([Transport() for _ in range(5)], b"e")
+        outbox.kick()
+        assert len(sent) == 1
+        _turn(clock)
+        assert len(sent) == after_one_turn
+        clock.advance(0)
+        assert len(sent) == 5 and len(outbox) == 0

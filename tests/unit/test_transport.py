@@ -120,3 +120,22 @@ def test_a_site_accepts_while_its_connections_close() -> None:
         conn.channel.connectionLost(Failure(ConnectionDone()))
     assert len(accepts) == 300 // site.ACCEPT_EVERY == 2
     assert stopped == []
+
+
+def test_input_waiting_reads_the_epoll_descriptor() -> None:
+    """Ready when the poller's descriptor is readable; True when it cannot tell."""
+    import os
+    from types import SimpleNamespace
+
+    from twisted.internet.task import Clock
+
+    read, write = os.pipe()
+    try:
+        reactor = SimpleNamespace(_poller=SimpleNamespace(fileno=lambda: read))
+        assert not _transport.input_waiting(reactor)
+        os.write(write, b"x")
+        assert _transport.input_waiting(reactor)
+    finally:
+        os.close(read)
+        os.close(write)
+    assert _transport.input_waiting(Clock())
