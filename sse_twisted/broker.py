@@ -183,7 +183,9 @@ class SSEBroker(Publishing, Service):
         self._seq = 0
         self._index = SubscriberIndex(on_empty=self._stop_timers)
         #: The fast path's writes, coalesced per connection and sent in slices.
-        self.outbox = Outbox(self._call_later, input_waiting=self._input_waiting)
+        self.outbox = Outbox(
+            self._call_later, input_waiting=self._input_waiting, seconds=self._seconds
+        )
         # One bound method shared by every subscriber (64 bytes each otherwise).
         self._end_hook = self._on_end
         # Read by tests (the index's own collections, never replaced).
@@ -418,6 +420,10 @@ class SSEBroker(Publishing, Service):
 
     def _call_later(self, delay: float, f: Any) -> Any:
         return self.reactor.callLater(delay, f)
+
+    def _seconds(self) -> float:
+        now: float = self.reactor.seconds()
+        return now
 
     def _input_waiting(self) -> bool:
         return input_waiting(self.reactor)

@@ -32,7 +32,7 @@ from typing import Any
 
 from . import _transport
 
-__all__ = ["FIRST_SLICE", "HELD_BYTES", "SLICE", "Outbox", "held"]
+__all__ = ["FIRST_SLICE", "HELD_BYTES", "QUIET", "SLICE", "Outbox", "held"]
 
 #: Connections sent to before a publish returns (and its answer is written):
 #: ~0.4 ms of C{send()}s, so a publisher hears back, and publishes again,
@@ -45,6 +45,10 @@ FIRST_SLICE = 64
 SLICE = 128
 #: About the most bytes held for one connection: more is sent at once.
 HELD_BYTES = 32 * 1024
+#: Seconds since the last fan-out's end after which a lone event goes out
+#: whole, as it is published: nothing came close enough to join it, and
+#: slicing would only add reactor turns to its latency.
+QUIET = 0.005
 
 #: Outer L{held} blocks running, and the outboxes that wait for their end.
 _holding = 0
@@ -88,6 +92,9 @@ class Outbox:
         handle: a later slice is followed by another at once while it has
         none, so a lone event's fan-out takes few reactor turns. C{None}
         (cannot tell): a turn after every slice.
+    @param seconds: the reactor's clock: a fan-out that starts L{QUIET}
+        seconds or more after the last one ended is sent whole, at once.
+        C{None}: always sliced.
     """
 
     __slots__ = (
@@ -99,7 +106,9 @@ class Outbox:
         "_run",
         "_run_at",
         "_run_chunk",
+        "_seconds",
         "_waiting",
+        "ended",
         "first_slice",
         "slice_size",
     )
@@ -110,11 +119,15 @@ class Outbox:
         slice_size: int = SLICE,
         first_slice: int = FIRST_SLICE,
         input_waiting: Callable[[], bool] | None = None,
+        seconds: Callable[[], float] | None = None,
     ) -> None:
         if slice_size < 1 or first_slice < 1:
             raise ValueError(f"slices must be at least 1, got {first_slice} and {slice_size}")
         self._call_later = call_later
         self._input_waiting = input_waiting
+        self._seconds = seconds
+        #: When the last fan-out was all sent (the reactor's clock).
+        self.ended = float("-inf")
         #: Connections sent to per later reactor turn.
         self.slice_size = slice_size
         #: Connections sent to by L{kick}, before the publish returns.
@@ -218,7 +231,12 @@ class Outbox:
             return
         self._waiting = False
         if self._call is None:
-            self._send_slice(self.first_slice)
+            seconds = self._seconds
+            run = self._run
+            if seconds is not None and run is not None and seconds() - self.ended >= QUIET:
+                self._send_slice(len(run))  # a lone event after a quiet spell
+            else:
+                self._send_slice(self.first_slice)
             self._schedule()
 
     def _turn(self) -> None:
@@ -233,8 +251,11 @@ class Outbox:
         self._schedule()
 
     def _schedule(self) -> None:
-        if (self._pending or self._run is not None) and self._call is None:
-            self._call = self._call_later(0, self._turn)
+        if self._pending or self._run is not None:
+            if self._call is None:
+                self._call = self._call_later(0, self._turn)
+        elif self._seconds is not None:
+            self.ended = self._seconds()
 
     def _send_slice(self, left: int) -> None:
         run = self._run

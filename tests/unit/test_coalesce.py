@@ -12,7 +12,7 @@ from typing import Any
 
 from twisted.internet.task import Clock
 
-from sse_twisted.outbox import HELD_BYTES, Outbox, held
+from sse_twisted.outbox import HELD_BYTES, QUIET, Outbox, held
 from sse_twisted.parser import EventStreamParser
 
 from ..support.conn import Conn, serve
@@ -49,6 +49,7 @@ def _turn(clock: Clock) -> None:
 def _streams(clock: Clock, n: int, slice_size: int) -> tuple[Any, list[Conn], list[list[bytes]]]:
     broker, site = serve(clock, stream_only=True)
     broker.outbox.slice_size = broker.outbox.first_slice = slice_size
+    broker.outbox.ended = clock.seconds()  # a fan-out just ended: the next is sliced
     conns = [Conn(site, b"/events?channel=a") for _ in range(n)]
     return broker, conns, [_count_writes(c) for c in conns]
 
@@ -185,6 +186,7 @@ def test_a_write_that_pauses_a_stream_the_outbox_owes_keeps_the_order(clock: Clo
     """
     broker, site = serve(clock, stream_only=True)
     broker.outbox.slice_size = broker.outbox.first_slice = 1
+    broker.outbox.ended = clock.seconds()
     conns = [Conn(site, b"/events?channel=a", limit=2000) for _ in range(2)]
     writes = [_count_writes(c) for c in conns]
     broker.publish("a", text="one")
@@ -226,3 +228,18 @@ def test_later_slices_follow_each_other_while_nothing_waits() -> None:
         assert len(sent) == after_one_turn
         clock.advance(0)
         assert len(sent) == 5 and len(outbox) == 0
+
+
+def test_a_lone_event_after_a_quiet_spell_goes_out_whole(clock: Clock) -> None:
+    """
+    QUIET seconds after the last fan-out ended, an event goes to every
+    stream before publish returns; one that follows closer is sliced.
+    """
+    broker, conns, writes = _streams(clock, 3, 1)
+    clock.advance(QUIET)
+    broker.publish("a", text="one")
+    assert [len(w) for w in writes] == [1, 1, 1]
+    broker.publish("a", text="two")
+    assert sorted(len(w) for w in writes) == [1, 1, 2]
+    clock.advance(0)
+    assert [len(w) for w in writes] == [2, 2, 2]

@@ -153,6 +153,8 @@ class World:
         # Small slices: a fan-out's later slices wait for reactor turns,
         # while clients read, leave, drain and more is published.
         self.broker.outbox.slice_size = self.broker.outbox.first_slice = slice_size
+        # Sliced until the clock moves past QUIET (then a lone event goes whole).
+        self.broker.outbox.ended = self.clock.seconds()
         self.queue_size = queue_size
         self.mark = mark
         root: Any
