@@ -24,7 +24,6 @@ import json
 import multiprocessing
 import os
 import re
-import signal
 import socket
 import statistics
 import subprocess
@@ -36,7 +35,7 @@ from typing import Any
 
 from harness.config import LOAD_CPU, SERVER_CPU, TWISTD, pinned, raise_nofile
 from harness.procfs import proc_cpu_s
-from harness.servers import free_port
+from harness.servers import free_port, stop_process
 
 PAD = "x" * 100
 
@@ -62,13 +61,8 @@ def start(twistd: str, port: int, extra: list[str], log: Path) -> subprocess.Pop
 
 
 def stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(5)
+    """The server stopped by its PID: 10 s for a graceful stop, then SIGKILL."""
+    stop_process(proc, 10.0)
 
 
 def metric(port: int, name: str) -> float:

@@ -36,7 +36,7 @@ import time
 
 from harness.config import LOAD_CPU, SERVER_CPU, pinned
 from harness.procfs import proc_cpu_ns_precise
-from harness.servers import _ask, free_port
+from harness.servers import _ask, free_port, stop_process
 
 _LIBC = ctypes.CDLL(None, use_errno=True)
 DATA = '{"t":0,"s":0,"p":"' + "x" * 64 + '"}'  # the bench's ~100 B event data
@@ -114,13 +114,7 @@ def main() -> int:
             rows.append((name, reqs, statistics.median(rps), us, entries))
             print(f"  {name}: {rows[-1][2]:,.0f}/s, {us:.2f} µs", file=sys.stderr, flush=True)
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(5)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(5)
+        stop_process(proc, 5.0)
         shutil.rmtree(rundir, ignore_errors=True)
     print(
         f"redis-server {subprocess.run(['redis-server', '--version'], capture_output=True, text=True).stdout.split()[2]}, "

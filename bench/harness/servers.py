@@ -15,6 +15,7 @@ import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from .config import (
     ALL_SERVERS,
@@ -107,6 +108,18 @@ def _ask(port: int, request: bytes, size: int) -> bytes:
         return s.recv(size)
 
 
+def stop_process(proc: subprocess.Popen[Any], grace: float) -> None:
+    """SIGTERM `proc` (by its PID) if it still runs; SIGKILL it after `grace` s."""
+    if proc.poll() is not None:
+        return
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(grace)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(5)
+
+
 class _Process:
     """A process on the servers' core, logging to `logfile`, started in its own session."""
 
@@ -157,13 +170,7 @@ class _Process:
             return ""
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:  # a graceful stop is not under test: 2 s, then SIGKILL
-                self.proc.wait(2)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        stop_process(self.proc, 2.0)  # a graceful stop is not under test: 2 s, then SIGKILL
         self.logf.close()
 
 

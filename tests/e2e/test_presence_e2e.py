@@ -5,14 +5,13 @@ sse.join/sse.leave seen by a subscriber on a raw socket.
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable
 from typing import Any
 
 import jwt
 
-from ..support.processes import RawSubscriber, SSEServer, wait
+from ..support.processes import RawSubscriber, SSEServer, presence_events, wait
 
 SECRET = "e2e-presence-secret-0123456789abcdef"
 TOKEN = "e2e-presence-publish-token-0123456789"
@@ -73,15 +72,6 @@ def test_presence_authority_is_publishings(start: Callable[..., SSEServer]) -> N
     assert status == 403 and "Host" in body["error"]
 
 
-def _presence_events(sub: RawSubscriber) -> list[tuple[str, dict[str, Any]]]:
-    found = []
-    for block in sub.body().split(b"\n\n"):
-        lines = dict(line.split(b": ", 1) for line in block.split(b"\n") if b": " in line)
-        if lines.get(b"event") in (b"sse.join", b"sse.leave"):
-            found.append((lines[b"event"].decode(), json.loads(lines[b"data"])))
-    return found
-
-
 def test_join_and_leave_reach_a_subscriber(start: Callable[..., SSEServer]) -> None:
     """
     With --presence-events a subscriber of the channel sees sse.join when a
@@ -94,7 +84,7 @@ def test_join_and_leave_reach_a_subscriber(start: Callable[..., SSEServer]) -> N
     watcher.read_until(b": connected")
     ada = RawSubscriber(srv, f"/events?channel=room&token={token('ada')}")
     watcher.read_until(b"event: sse.join")
-    assert _presence_events(watcher) == [("sse.join", {"user": "ada", "clients": 2})]
+    assert presence_events(watcher) == [("sse.join", {"user": "ada", "clients": 2})]
     ada.close()
     again = RawSubscriber(srv, f"/events?channel=room&token={token('ada')}")  # a reconnect
     again.read_until(b": connected")
@@ -102,8 +92,8 @@ def test_join_and_leave_reach_a_subscriber(start: Callable[..., SSEServer]) -> N
     time.sleep(1.5)  # past the grace period: proving that no leave comes needs time
     srv.publish("room", "marker", 1)
     watcher.read_until(b"event: marker")
-    assert [name for name, _ in _presence_events(watcher)] == ["sse.join"]
+    assert [name for name, _ in presence_events(watcher)] == ["sse.join"]
     again.close()
     watcher.read_until(b"event: sse.leave", timeout=10)
-    assert _presence_events(watcher)[-1] == ("sse.leave", {"user": "ada", "clients": 1})
+    assert presence_events(watcher)[-1] == ("sse.leave", {"user": "ada", "clients": 1})
     watcher.close()

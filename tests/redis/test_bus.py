@@ -543,21 +543,14 @@ async def test_the_entries_of_one_read_go_to_a_subscriber_in_one_write(
     from sse_twisted.parser import EventStreamParser
     from sse_twisted.resource import StreamResource
 
-    from ..support.conn import Conn, make_site
+    from ..support.conn import Conn, count_writes, make_site
 
     node = await nodes(redis_server.url).ready()
     broker = SSEBroker(relay=node.bus, heartbeat=0)
     root = Resource()
     root.putChild(b"events", StreamResource(broker))
     conn = Conn(make_site(root, global_reactor()), b"/events?channel=news")
-    writes: list[bytes] = []
-    original = conn.transport.write
-
-    def write(data: bytes) -> None:
-        writes.append(data)
-        original(data)
-
-    conn.transport.write = write  # type: ignore[method-assign]
+    writes = count_writes(conn)
     ids = await publish(node, [item(n) for n in range(5)])
     await wait_until(lambda: len(EventStreamParser().feed(conn.stream())) >= 5)
     events = EventStreamParser().feed(conn.stream())

@@ -6,7 +6,6 @@ drops out within the report TTL, and join/leave are the deployment's.
 
 from __future__ import annotations
 
-import json
 import signal
 import time
 from collections.abc import Callable
@@ -19,7 +18,7 @@ import pytest_twisted
 from sse_twisted.presence import PresenceTracker
 from sse_twisted.redis.presence import REPORT_INTERVAL, REPORT_TTL, RedisPresence
 
-from ..support.processes import RawSubscriber, SSEServer, wait
+from ..support.processes import RawSubscriber, SSEServer, presence_events, wait
 from ..support.redis_server import RedisServer, redis_command, wait_until
 
 pytestmark = pytest.mark.redis
@@ -69,15 +68,6 @@ def test_presence_covers_every_node_and_a_killed_node_drops_out(
     on_a.close()
 
 
-def _presence_events(sub: RawSubscriber) -> list[tuple[str, dict[str, Any]]]:
-    found = []
-    for block in sub.body().split(b"\n\n"):
-        lines = dict(line.split(b": ", 1) for line in block.split(b"\n") if b": " in line)
-        if lines.get(b"event") in (b"sse.join", b"sse.leave"):
-            found.append((lines[b"event"].decode(), json.loads(lines[b"data"])))
-    return found
-
-
 def test_join_and_leave_are_the_deployments(
     redis: RedisServer, node: Callable[..., SSEServer]
 ) -> None:
@@ -101,11 +91,11 @@ def test_join_and_leave_are_the_deployments(
     time.sleep(1.5)  # past the grace period: proving that no leave comes needs time
     a.publish("room", "marker", 1)
     watcher.read_until(b"event: marker")
-    assert [name for name, _ in _presence_events(watcher)] == ["sse.join"]
+    assert [name for name, _ in presence_events(watcher)] == ["sse.join"]
     on_b.close()
     watcher.read_until(b"event: sse.leave", timeout=10)
-    assert [name for name, _ in _presence_events(watcher)] == ["sse.join", "sse.leave"]
-    assert _presence_events(watcher)[-1][1]["user"] == "ada"
+    assert [name for name, _ in presence_events(watcher)] == ["sse.join", "sse.leave"]
+    assert presence_events(watcher)[-1][1]["user"] == "ada"
     watcher.close()
 
 

@@ -202,3 +202,16 @@ class Conn:
     def drop(self) -> None:
         """The client goes away."""
         self.channel.connectionLost(Failure(ConnectionDone()))
+
+
+def count_writes(conn: Conn) -> list[bytes]:
+    """Every C{transport.write} to C{conn} from now on, in order (still written through)."""
+    writes: list[bytes] = []
+    original = conn.transport.write
+
+    def write(data: bytes) -> None:
+        writes.append(data)
+        original(data)
+
+    conn.transport.write = write  # type: ignore[method-assign]
+    return writes

@@ -201,6 +201,16 @@ class SSEServer(Process):
         return answer
 
 
+def presence_events(sub: RawSubscriber) -> list[tuple[str, dict[str, Any]]]:
+    """The C{sse.join}/C{sse.leave} events C{sub} has received so far: (name, data)."""
+    found = []
+    for block in sub.body().split(b"\n\n"):
+        lines = dict(line.split(b": ", 1) for line in block.split(b"\n") if b": " in line)
+        if lines.get(b"event") in (b"sse.join", b"sse.leave"):
+            found.append((lines[b"event"].decode(), json.loads(lines[b"data"])))
+    return found
+
+
 class RawSubscriber:
     """A subscriber on a raw socket: exact bytes, with deadlines on every read."""
 

@@ -15,19 +15,7 @@ from twisted.internet.task import Clock
 from sse_twisted.outbox import HELD_BYTES, QUIET, Outbox, held
 from sse_twisted.parser import EventStreamParser
 
-from ..support.conn import Conn, serve
-
-
-def _count_writes(conn: Conn) -> list[bytes]:
-    writes: list[bytes] = []
-    original = conn.transport.write
-
-    def write(data: bytes) -> None:
-        writes.append(data)
-        original(data)
-
-    conn.transport.write = write  # type: ignore[method-assign]
-    return writes
+from ..support.conn import Conn, count_writes, serve
 
 
 def _names(conn: Conn) -> list[Any]:
@@ -46,19 +34,29 @@ def _turn(clock: Clock) -> None:
         call.func(*call.args, **call.kw)
 
 
+def _recorder(sent: list[bytes]) -> type:
+    """A transport class whose instances append what they are written to C{sent}."""
+
+    class Transport:
+        def write(self, data: bytes) -> None:
+            sent.append(data)
+
+    return Transport
+
+
 def _streams(clock: Clock, n: int, slice_size: int) -> tuple[Any, list[Conn], list[list[bytes]]]:
     broker, site = serve(clock, stream_only=True)
     broker.outbox.slice_size = broker.outbox.first_slice = slice_size
     broker.outbox.ended = clock.seconds()  # a fan-out just ended: the next is sliced
     conns = [Conn(site, b"/events?channel=a") for _ in range(n)]
-    return broker, conns, [_count_writes(c) for c in conns]
+    return broker, conns, [count_writes(c) for c in conns]
 
 
 def test_a_batch_is_one_write_per_subscriber(clock: Clock) -> None:
     """publish_many of 5 events on 2 channels: each subscriber gets its share in one write."""
     broker, site = serve(clock, stream_only=True)
     a, b, every = Conn(site, b"/events?channel=a"), Conn(site, b"/events?channel=b"), Conn(site)
-    writes = {name: _count_writes(c) for name, c in (("a", a), ("b", b), ("all", every))}
+    writes = {name: count_writes(c) for name, c in (("a", a), ("b", b), ("all", every))}
     batch = [{"channel": ch, "text": f"{ch}{n}"} for n, ch in enumerate("ababa")]
     broker.publish_many(batch)
     assert {name: len(w) for name, w in writes.items()} == {"a": 1, "b": 1, "all": 1}
@@ -71,7 +69,7 @@ def test_a_lone_event_is_written_as_it_is_published(clock: Clock) -> None:
     """publish() writes at once, each event its own write: nothing is held for later."""
     broker, site = serve(clock, stream_only=True)
     c = Conn(site, b"/events?channel=a")
-    writes = _count_writes(c)
+    writes = count_writes(c)
     broker.publish("a", text="one")
     assert len(writes) == 1 and _names(c) == ["one"]
     broker.publish("a", text="two")
@@ -161,10 +159,7 @@ def test_held_blocks_nest_and_send_once_the_outermost_ends() -> None:
     """Inside held() nothing is sent; the outermost block's end sends the first slice."""
     clock = Clock()
     sent: list[bytes] = []
-
-    class Transport:
-        def write(self, data: bytes) -> None:
-            sent.append(data)
+    Transport = _recorder(sent)
 
     outbox, transport = Outbox(clock.callLater), Transport()
     with held():
@@ -188,7 +183,7 @@ def test_a_write_that_pauses_a_stream_the_outbox_owes_keeps_the_order(clock: Clo
     broker.outbox.slice_size = broker.outbox.first_slice = 1
     broker.outbox.ended = clock.seconds()
     conns = [Conn(site, b"/events?channel=a", limit=2000) for _ in range(2)]
-    writes = [_count_writes(c) for c in conns]
+    writes = [count_writes(c) for c in conns]
     broker.publish("a", text="one")
     [late] = [s for s in broker._subscribers if s.held]
     conn = conns[writes.index([])]
@@ -213,10 +208,7 @@ def test_later_slices_follow_each_other_while_nothing_waits() -> None:
     """With no input waiting, the second turn sends every slice left; with input, one."""
     clock = Clock()
     sent: list[bytes] = []
-
-    class Transport:
-        def write(self, data: bytes) -> None:
-            sent.append(data)
+    Transport = _recorder(sent)
 
     for waiting, after_one_turn in ((False, 5), (True, 2)):
         del sent[:]
