@@ -14,6 +14,7 @@ from .access import AllChannels
 from .auth import JWTAuth
 from .broker import SSEBroker
 from .client import EventSource
+from .collector import CollectorSettings
 from .cors import CORSPolicy
 from .durable import SQLiteHistory
 from .event import Event, InvalidItem, Item
@@ -36,6 +37,7 @@ __all__ = [
     "Admission",
     "AllChannels",
     "CORSPolicy",
+    "CollectorSettings",
     "Ended",
     "Event",
     "EventSource",

@@ -11,7 +11,7 @@ from typing import Any
 
 from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import MultiService, Service
-from twisted.internet.defer import CancelledError, Deferred, succeed
+from twisted.internet.defer import CancelledError, Deferred, gatherResults, maybeDeferred, succeed
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IListeningPort, IProtocolFactory
@@ -123,12 +123,24 @@ class SSEService(MultiService):
         return self.listener.port
 
     def stopService(self) -> Deferred[None]:
-        """Stop listening, then stop the broker (drain every stream, then its relay)."""
+        """
+        Stop listening, then stop the broker (drain every stream, then its
+        relay), then any other child still running, last added first.
+        """
         Service.stopService(self)
         stopped = self.listener.stopService()
         stopped.addCallback(lambda _: self.broker.stopService())
+        stopped.addCallback(lambda _: self._stop_others())
         stopped.addCallback(lambda _: self.log.info("sse_twisted drained and stopped"))
         return stopped
+
+    def _stop_others(self) -> Deferred[None]:
+        others = [
+            maybeDeferred(child.stopService)
+            for child in reversed(list(self))
+            if child is not self.listener and child is not self.broker and child.running
+        ]
+        return gatherResults(others, consumeErrors=True).addCallback(lambda _: None)
 
 
 class ListeningService(StreamServerEndpointService):

@@ -34,6 +34,7 @@ from ._version import __version__
 from .app import make_resource
 from .auth import JWTAuth
 from .broker import SSEBroker
+from .collector import CollectorSettings
 from .cors import CORSPolicy
 from .durable import HistoryFileError, SQLiteHistory
 from .history import DEFAULT_HISTORY_BYTES
@@ -703,6 +704,7 @@ def makeService(options: Options) -> IService:
         f"\n{options_line(options)}"  # secrets redacted
     )
     service = SSEService(options["port"], site, broker, banner=banner)
+    CollectorSettings().setServiceParent(service)
     if options["presence-events"]:
         # Held by the tracker it listens to; quiet once the broker drains.
         PresenceEvents(

@@ -24,6 +24,7 @@ def test_exports() -> None:
         "SubscriberLimits": "limits", "make_app": "app", "make_resource": "app",
         "normalise_path": "paths", "__version__": "_version", "SQLiteHistory": "durable",
         "Admission": "hooks", "Ended": "hooks", "Refused": "hooks",
+        "CollectorSettings": "collector",
     }  # fmt: skip
     assert set(sse_twisted.__all__) == set(homes)
     for name, module in homes.items():
