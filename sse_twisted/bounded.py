@@ -63,6 +63,8 @@ class BoundedRequest(Request):
     def connectionLost(self, reason: Failure) -> None:
         producer = self.producer
         super().connectionLost(reason)
+        # The producer (a stream) refers back to this request: let go of it.
+        self.producer = None
         lost = getattr(producer, "request_lost", None)
         if lost is not None:
             lost()
@@ -318,6 +320,10 @@ class BoundedChannel(HTTPChannel):
             self._linger.cancel()
         self._linger = None
         super().connectionLost(reason)
+        # The request's producer (a stream) refers back to this channel: let
+        # go of it, so a closed connection is freed at once (no cycle left).
+        if getattr(self, "_requestProducer", None) is not None:
+            self._requestProducer = None
         closed = getattr(getattr(self, "site", None), "closed", None)
         if closed is not None:
             closed()

@@ -421,6 +421,13 @@ class Subscriber:
         self.end_reason = reason
         self._live = False
         self.fast = None
+        # Nothing joins the outbox for this stream from now on, and whatever
+        # still writes (close) sends what the outbox holds first. Dropping
+        # the bound method of its own breaks the stream's one reference
+        # cycle; with the request and channel letting go of it as the
+        # connection closes, all of the connection is freed then, not at the
+        # collector's next full collection.
+        self._write = self.request.write
         self._on_end(self)
         return True
 

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import gc
-from collections.abc import Iterator
+from collections import Counter
+from collections.abc import Callable, Iterator
 
 import pytest
 from twisted.application.service import Service
+from twisted.internet.error import ConnectionDone
+from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactorClock
+from twisted.python.failure import Failure
 from twisted.web.resource import Resource
 from twisted.web.server import Site
 
@@ -16,7 +20,7 @@ from sse_twisted.collector import YOUNG_THRESHOLD
 from sse_twisted.resource import StreamResource
 from sse_twisted.tap import Options, makeService
 
-from ..support.conn import Conn, make_site
+from ..support.conn import Conn, make_site, serve
 
 
 @pytest.fixture(autouse=True)
@@ -96,3 +100,52 @@ def test_other_children_stop_after_the_drain() -> None:
     assert fired == [None]
     assert not settings.running and not other.running
     assert gc.get_threshold() == (700, 10, 10)
+
+
+def _cyclic_garbage(run: Callable[[], None]) -> Counter[str]:
+    """What only the cyclic collector would free of what C{run} left behind, by type."""
+    gc.collect()
+    gc.disable()
+    try:
+        run()
+        gc.set_debug(gc.DEBUG_SAVEALL)
+        gc.collect()
+        found = Counter(type(o).__name__ for o in gc.garbage)
+    finally:
+        gc.set_debug(0)
+        gc.garbage.clear()
+        gc.enable()
+    return found
+
+
+def _stream_and_lose(close: str) -> Callable[[], None]:
+    def run() -> None:
+        clock = Clock()
+        broker, site = serve(clock, stream_only=True, header_timeout=10)
+        conns = [Conn(site, b"/events?channel=a") for _ in range(3)]
+        broker.publish("a", "e", {"n": 1})
+        clock.advance(0)
+        subscriber = next(iter(broker._subscribers))
+        if close == "server":
+            subscriber.close()
+        elif close == "abort":
+            subscriber.abort()
+        for conn in conns:
+            # As a TCP transport does once it is closed (it lets go of both).
+            if conn.transport.producer is not None:
+                conn.transport.unregisterProducer()
+            conn.channel.connectionLost(Failure(ConnectionDone()))
+        assert not broker._subscribers and broker.client_count() == 0
+
+    return run
+
+
+@pytest.mark.parametrize("close", ["client", "server", "abort"])
+def test_a_closed_stream_leaves_no_reference_cycle(close: str) -> None:
+    """
+    However a stream ends, nothing of it (stream, request, channel) waits for
+    a full collection: with the young generation raised, that could be long.
+    """
+    garbage = _cyclic_garbage(_stream_and_lose(close))
+    ours = {k: n for k, n in garbage.items() if k in {"Subscriber", "BoundedRequest", "SSEChannel"}}
+    assert ours == {}, garbage.most_common(12)
