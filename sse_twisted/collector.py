@@ -33,9 +33,9 @@ class CollectorSettings(Service):
     every client had caught up. With a young generation of 10,000 every
     older collection is 14 times rarer (none in that storm), and each young
     one still walks at most 10,000 objects (under a millisecond). What it
-    costs: garbage in reference cycles (a closed connection's objects) can
-    wait longer to be freed; anything else is freed when its last reference
-    goes, as before.
+    costs: garbage in reference cycles can wait longer to be freed (a closed
+    stream leaves none: its connection is freed as it closes); anything
+    else is freed when its last reference goes, as before.
 
     C{twistd sse} runs one; an application that embeds the broker may start
     its own (C{CollectorSettings().setServiceParent(application)}).

@@ -9,12 +9,12 @@ from typing import Any
 from twisted.internet.address import IPv4Address
 from twisted.internet.error import ConnectionDone
 from twisted.internet.task import Clock
-from twisted.internet.testing import StringTransport
+from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.python.failure import Failure
 from twisted.web.resource import IResource, Resource
 from twisted.web.server import Site
 
-from sse_twisted import SSEBroker
+from sse_twisted import SSEBroker, SSEService
 from sse_twisted.app import make_resource
 from sse_twisted.parser import EventStreamParser, MessageEvent
 from sse_twisted.resource import StreamResource
@@ -59,6 +59,23 @@ def serve(
     if header_timeout is not None:
         return broker, SSESite(root, header_timeout=header_timeout, reactor=clock)
     return broker, make_site(root, clock)
+
+
+def stream_service(
+    reactor: MemoryReactorClock, port: int
+) -> tuple[SSEService, SSEBroker, Resource]:
+    """
+    An SSEService on C{reactor} (a memory reactor: nothing really listens)
+    at loopback C{port}, serving a broker's stream at /events with a 1 s drain;
+    the root is returned for L{make_site}.
+    """
+    broker = SSEBroker(reactor=reactor, heartbeat=0)
+    root = Resource()
+    root.putChild(b"events", StreamResource(broker))
+    svc = SSEService(
+        f"tcp:{port}:interface=127.0.0.1", Site(root), broker, reactor=reactor, drain_timeout=1
+    )
+    return svc, broker, root
 
 
 def post(

@@ -12,15 +12,12 @@ from twisted.internet.error import ConnectionDone
 from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactorClock
 from twisted.python.failure import Failure
-from twisted.web.resource import Resource
-from twisted.web.server import Site
 
-from sse_twisted import CollectorSettings, SSEBroker, SSEService
+from sse_twisted import CollectorSettings
 from sse_twisted.collector import YOUNG_THRESHOLD
-from sse_twisted.resource import StreamResource
 from sse_twisted.tap import Options, makeService
 
-from ..support.conn import Conn, make_site, serve
+from ..support.conn import Conn, make_site, serve, stream_service
 
 
 @pytest.fixture(autouse=True)
@@ -78,12 +75,7 @@ def test_other_children_stop_after_the_drain() -> None:
     settings hold while thousands of streams close.
     """
     reactor = MemoryReactorClock()
-    broker = SSEBroker(reactor=reactor, heartbeat=0)
-    root = Resource()
-    root.putChild(b"events", StreamResource(broker))
-    svc = SSEService(
-        "tcp:8124:interface=127.0.0.1", Site(root), broker, reactor=reactor, drain_timeout=1
-    )
+    svc, broker, root = stream_service(reactor, 8124)
     settings = CollectorSettings()
     settings.setServiceParent(svc)
     other = Service()

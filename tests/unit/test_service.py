@@ -4,24 +4,14 @@ from __future__ import annotations
 
 from twisted.internet.defer import Deferred
 from twisted.internet.testing import MemoryReactorClock
-from twisted.web.resource import Resource
-from twisted.web.server import Site
 
-from sse_twisted import SSEBroker, SSEService
-from sse_twisted.resource import StreamResource
-
-from ..support.conn import Conn, make_site
+from ..support.conn import Conn, make_site, stream_service
 
 
 def test_service_stops_listening_then_drains() -> None:
     """stopService closes the port first, then drains; it fires when streams are gone."""
     reactor = MemoryReactorClock()
-    broker = SSEBroker(reactor=reactor, heartbeat=0)
-    root = Resource()
-    root.putChild(b"events", StreamResource(broker))
-    svc = SSEService(
-        "tcp:8123:interface=127.0.0.1", Site(root), broker, reactor=reactor, drain_timeout=1
-    )
+    svc, broker, root = stream_service(reactor, 8123)
     svc.startService()
     (port,) = reactor.tcpServers
     assert port[0] == 8123
